@@ -1,0 +1,3 @@
+"""celery-kafka-bridge: Kafka records in, Celery tasks out, commits behind finished work."""
+
+__version__ = "0.1.0"

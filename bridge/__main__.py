@@ -1,0 +1,5 @@
+"""``python -m bridge`` is ``ckb``."""
+
+from bridge.cli import main
+
+main()

@@ -1,0 +1,194 @@
+"""``ckb``: the command line. Thin: parse, build, call; user mistakes exit 2 with a message."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import yaml
+
+from bridge.secrets import mask
+from bridge.settings import ConfigError, Settings, load_settings
+
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+
+config_option = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="CKB_CONFIG",
+    help="YAML config file (env CKB_CONFIG). CKB_* variables override its values.",
+)
+
+
+def fail(message: str, code: int = EXIT_RUNTIME) -> NoReturn:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(code)
+
+
+def settings_or_exit(path: Path | None) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="celery-kafka-bridge")
+def main() -> None:
+    """celery-kafka-bridge: process Kafka topics with your Celery workers."""
+
+
+@main.command()
+@config_option
+def run(config_path: Path | None) -> None:
+    """Run the bridge until SIGTERM/SIGINT."""
+    from bridge.logging_setup import configure_logging
+    from bridge.loop import FatalConsumerError
+    from bridge.service import build_bridge, install_signal_handlers
+
+    settings = settings_or_exit(config_path)
+    configure_logging(settings.logging.level, settings.logging.json_format)
+    log = logging.getLogger("bridge")
+    log.info(
+        "starting: group %s, %d routes, Kafka %s",
+        settings.kafka.group_id,
+        len(settings.routes),
+        settings.kafka.bootstrap_servers,
+    )
+    try:
+        bridge = build_bridge(settings)
+        install_signal_handlers(bridge)
+        bridge.run()
+    except FatalConsumerError as exc:
+        fail(str(exc))
+    except Exception as exc:  # KafkaException on bad client config, …
+        log.exception("bridge stopped by an error")
+        fail(f"{type(exc).__name__}: {exc}")
+
+
+@main.command("check-config")
+@config_option
+def check_config(config_path: Path | None) -> None:
+    """Validate the config; print the effective config with secrets masked."""
+    settings = settings_or_exit(config_path)
+    effective = mask(settings.model_dump(mode="json", by_alias=True))
+    click.echo(yaml.safe_dump(effective, sort_keys=False), nl=False)
+    click.secho("config ok", fg="green", err=True)
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status(config_path: Path | None, as_json: bool) -> None:
+    """Per partition: committed offset, end offset, lag."""
+    from bridge.status import group_status, render_status
+
+    settings = settings_or_exit(config_path)
+    try:
+        rows = group_status(settings)
+    except Exception as exc:
+        fail(f"cannot read the group's offsets from {settings.kafka.bootstrap_servers}: {exc}")
+    if as_json:
+        click.echo(json.dumps([row.__dict__ for row in rows], indent=2))
+    else:
+        render_status(settings.kafka.group_id, rows)
+
+
+@main.group()
+def stack() -> None:
+    """A local Kafka (KRaft) + Redis for trying things out; no Docker needed."""
+
+
+state_dir_option = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where data, logs and pid files live (default $CKB_STATE_DIR or ~/.local/state/ckb).",
+)
+
+
+@stack.command("up")
+@click.option("--kafka-port", type=int, default=9092, show_default=True)
+@click.option("--redis-port", type=int, default=6379, show_default=True)
+@state_dir_option
+def stack_up(kafka_port: int, redis_port: int, state_dir: Path | None) -> None:
+    """Start Kafka and Redis in the background (idempotent)."""
+    from bridge.stack import LocalStack, StackError
+
+    local = LocalStack(state_dir, kafka_port=kafka_port, redis_port=redis_port)
+    try:
+        info = local.up(progress=lambda line: click.echo(line, err=True))
+    except StackError as exc:
+        fail(str(exc))
+    click.echo(f"kafka: {info.kafka_bootstrap}\nredis: {info.redis_url}")
+
+
+@stack.command("down")
+@state_dir_option
+def stack_down(state_dir: Path | None) -> None:
+    """Stop the local Kafka and Redis."""
+    from bridge.stack import LocalStack, StackError
+
+    try:
+        LocalStack(state_dir).down()
+    except StackError as exc:
+        fail(str(exc))
+    click.echo("stopped")
+
+
+@stack.command("status")
+@state_dir_option
+@click.option("--json", "as_json", is_flag=True)
+def stack_status(state_dir: Path | None, as_json: bool) -> None:
+    """Whether the local Kafka and Redis run, and where."""
+    from bridge.stack import LocalStack
+
+    report: dict[str, Any] = LocalStack(state_dir).status()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for name in ("kafka", "redis"):
+        part = report[name]
+        where = part.get("bootstrap") or part.get("url")
+        state = "running" if part["running"] else "stopped"
+        click.echo(f"{name:6} {state:8} {where}")
+    if not (report["kafka"]["running"] and report["redis"]["running"]):
+        sys.exit(EXIT_RUNTIME)
+
+
+@main.command()
+@click.option("--records", type=int, default=2000, show_default=True)
+@click.option("--partitions", type=int, default=6, show_default=True)
+@click.option("--kafka-port", type=int, default=9092, show_default=True)
+@click.option("--redis-port", type=int, default=6379, show_default=True)
+@state_dir_option
+@click.option("--keep-stack", is_flag=True, help="Leave Kafka and Redis running afterwards.")
+def demo(
+    records: int,
+    partitions: int,
+    kafka_port: int,
+    redis_port: int,
+    state_dir: Path | None,
+    keep_stack: bool,
+) -> None:
+    """Local Kafka + Redis + worker + bridge + sample traffic, with live progress."""
+    from bridge.demo import DemoError, run_demo
+
+    try:
+        run_demo(
+            records=records,
+            partitions=partitions,
+            kafka_port=kafka_port,
+            redis_port=redis_port,
+            state_dir=state_dir,
+            keep_stack=keep_stack,
+        )
+    except DemoError as exc:
+        fail(str(exc))

@@ -1,0 +1,135 @@
+"""Observers of bridge events: metrics, logs and progress watch the loop, never steer it.
+
+The loop calls the methods of one :class:`Observers` fan-out; a failing observer is logged and
+skipped, never raised into the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bridge.records import Record
+
+log = logging.getLogger(__name__)
+
+TP = tuple[str, int]
+
+#: final outcomes as the ``outcome`` label of ``ckb_tasks_finished_total`` names them
+OUTCOMES = ("success", "failure", "revoked", "timeout")
+
+
+class Observer(Protocol):
+    def on_consumed(self, record: Record) -> None: ...
+    def on_dispatched(self, record: Record, task: str, redispatch: bool) -> None: ...
+    def on_task_finished(
+        self, record: Record, task: str, outcome: str, duration: float | None
+    ) -> None: ...
+    def on_dead_lettered(self, record: Record, reason: str) -> None: ...
+    def on_committed(self, tp: TP, offset: int) -> None: ...
+    def on_rebalance(self, event: str, tps: list[TP]) -> None: ...
+    def on_paused(self, paused: int) -> None: ...
+
+
+class BaseObserver:
+    """No-op implementations, so an observer overrides only what it watches."""
+
+    def on_consumed(self, record: Record) -> None:
+        pass
+
+    def on_dispatched(self, record: Record, task: str, redispatch: bool) -> None:
+        pass
+
+    def on_task_finished(
+        self, record: Record, task: str, outcome: str, duration: float | None
+    ) -> None:
+        pass
+
+    def on_dead_lettered(self, record: Record, reason: str) -> None:
+        pass
+
+    def on_committed(self, tp: TP, offset: int) -> None:
+        pass
+
+    def on_rebalance(self, event: str, tps: list[TP]) -> None:
+        pass
+
+    def on_paused(self, paused: int) -> None:
+        pass
+
+
+class Observers(BaseObserver):
+    """Fans every event out to each observer; an observer's exception is logged, not raised."""
+
+    def __init__(self, observers: list[Observer] | None = None) -> None:
+        self._observers: list[Observer] = list(observers or [])
+
+    def add(self, observer: Observer) -> None:
+        self._observers.append(observer)
+
+    def _each(self, method: str, *args: object) -> None:
+        for observer in self._observers:
+            try:
+                getattr(observer, method)(*args)
+            except Exception:
+                log.exception("observer %s failed in %s", type(observer).__name__, method)
+
+    def on_consumed(self, record: Record) -> None:
+        self._each("on_consumed", record)
+
+    def on_dispatched(self, record: Record, task: str, redispatch: bool) -> None:
+        self._each("on_dispatched", record, task, redispatch)
+
+    def on_task_finished(
+        self, record: Record, task: str, outcome: str, duration: float | None
+    ) -> None:
+        self._each("on_task_finished", record, task, outcome, duration)
+
+    def on_dead_lettered(self, record: Record, reason: str) -> None:
+        self._each("on_dead_lettered", record, reason)
+
+    def on_committed(self, tp: TP, offset: int) -> None:
+        self._each("on_committed", tp, offset)
+
+    def on_rebalance(self, event: str, tps: list[TP]) -> None:
+        self._each("on_rebalance", event, tps)
+
+    def on_paused(self, paused: int) -> None:
+        self._each("on_paused", paused)
+
+
+@dataclass
+class Totals(BaseObserver):
+    """Running totals, for the periodic summary line and ``ckb demo``'s progress."""
+
+    consumed: int = 0
+    dispatched: int = 0
+    redispatched: int = 0
+    dead_lettered: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    committed: dict[TP, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def on_consumed(self, record: Record) -> None:
+        self.consumed += 1
+
+    def on_dispatched(self, record: Record, task: str, redispatch: bool) -> None:
+        if redispatch:
+            self.redispatched += 1
+        else:
+            self.dispatched += 1
+
+    def on_task_finished(
+        self, record: Record, task: str, outcome: str, duration: float | None
+    ) -> None:
+        self.outcomes[outcome] += 1
+
+    def on_dead_lettered(self, record: Record, reason: str) -> None:
+        self.dead_lettered += 1
+
+    def on_committed(self, tp: TP, offset: int) -> None:
+        with self._lock:
+            self.committed[tp] = offset

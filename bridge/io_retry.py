@@ -1,0 +1,58 @@
+"""The bridge's own I/O retries (tenacity), logged once per outage rather than per record."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from tenacity import RetryCallState, Retrying, stop_after_delay, wait_exponential_jitter
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class OutageLog:
+    """Says once that a dependency went away, and once that it came back."""
+
+    def __init__(self, logger: logging.Logger, what: str) -> None:
+        self._log = logger
+        self._what = what
+        self.down = False
+
+    def failed(self, error: BaseException | None) -> None:
+        if not self.down:
+            self.down = True
+            self._log.warning("%s unavailable, retrying: %r", self._what, error)
+
+    def recovered(self) -> None:
+        if self.down:
+            self.down = False
+            self._log.warning("%s available again", self._what)
+
+
+def retry_io(
+    func: Callable[P, T],
+    outage: OutageLog,
+    retry_for: float,
+    initial: float = 0.1,
+    maximum: float = 2.0,
+) -> Callable[P, T]:
+    """``func`` retried with exponential backoff and jitter for up to ``retry_for`` seconds."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        outcome = state.outcome
+        outage.failed(outcome.exception() if outcome is not None else None)
+
+    retrying = Retrying(
+        stop=stop_after_delay(retry_for),
+        wait=wait_exponential_jitter(initial=initial, max=maximum),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        result: Any = retrying(func, *args, **kwargs)
+        return result  # type: ignore[no-any-return]
+
+    return call

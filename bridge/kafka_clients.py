@@ -1,0 +1,46 @@
+"""librdkafka configuration for the bridge's consumer and dead-letter producer."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from bridge.settings import CLASSIC_ONLY, KafkaSettings
+
+
+def client_id(role: str) -> str:
+    return f"ckb-{role}-{socket.gethostname()}"
+
+
+def consumer_config(kafka: KafkaSettings) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "group.id": kafka.group_id,
+        "client.id": client_id("consumer"),
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+    }
+    config.update(kafka.consumer)
+    if kafka.uses_kip848:
+        for name in CLASSIC_ONLY:  # settings validation rejected user values for these
+            config.pop(name, None)
+    # the commit policy is the bridge's: only offsets below finished work, committed by it
+    config.update({"enable.auto.commit": False, "enable.auto.offset.store": False})
+    return config
+
+
+def producer_config(kafka: KafkaSettings) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "client.id": client_id("dlq"),
+        "message.timeout.ms": 30_000,
+        "linger.ms": 5,
+    }
+    # security settings of the consumer apply to the producer unless it sets its own
+    config.update(
+        {k: v for k, v in kafka.consumer.items() if k.startswith(("security.", "sasl.", "ssl."))}
+    )
+    config.update(kafka.producer)
+    # not overridable: a DLQ write must be durable and never duplicated by a producer retry
+    config.update({"enable.idempotence": True, "acks": "all"})
+    return config

@@ -1,0 +1,495 @@
+"""The consumer loop: the one thread that owns the confluent-kafka ``Consumer``.
+
+Each turn it polls a batch, routes and decodes records, dispatches what the in-flight caps
+allow, applies the outcomes the result watcher reported, dead-letters what failed, commits
+the commit points the :class:`~bridge.offsets.OffsetTracker` allows, and pauses or resumes
+partitions. It keeps polling while partitions are paused, so heartbeats and rebalance
+callbacks keep running however long the tasks take.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from bridge.dead_letters import DeadLetterWriter, Failure
+from bridge.dispatcher import Dispatcher, PublishError, TaskRequest
+from bridge.events import Observers
+from bridge.inflight import InFlightTable, Job
+from bridge.offsets import OffsetTracker
+from bridge.payloads import DecodeError, build_call, kafka_headers
+from bridge.records import Record
+from bridge.results import Decoder, ResultWatcher, TaskEvent, read_events
+from bridge.routing import Router
+from bridge.settings import Route, Settings
+from bridge.task_ids import task_id_for
+
+log = logging.getLogger(__name__)
+
+TP = tuple[str, int]
+
+#: task states and the DLQ reason / ``outcome`` label each final one maps to
+FAILED_STATES = {"FAILURE": ("task_failed", "failure"), "REVOKED": ("task_revoked", "revoked")}
+
+
+class FatalConsumerError(Exception):
+    """Kafka said something the bridge cannot recover from (e.g. fenced static member)."""
+
+
+@dataclass
+class Waiting:
+    """A consumed record waiting for room under the in-flight caps."""
+
+    record: Record
+    route: Route
+    epoch: int
+    request: TaskRequest
+
+
+class ConsumerLoop:
+    """Owns the consumer; everything it calls runs on its thread."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        consumer: Any,
+        dispatcher: Dispatcher,
+        watcher: ResultWatcher,
+        results_client: redis.Redis,
+        dead_letters: DeadLetterWriter,
+        observers: Observers,
+        decoder: Decoder,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self._consumer = consumer
+        self._dispatcher = dispatcher
+        self._watcher = watcher
+        self._results = results_client
+        self._dlq = dead_letters
+        self._events = observers
+        self._decode = decoder
+        self._clock = clock
+        self._router = Router(settings.routes)
+        self.tracker = OffsetTracker()
+        self.jobs = InFlightTable()
+        self._waiting: dict[TP, deque[Waiting]] = {}
+        self._paused: set[TP] = set()
+        self._epochs = 0
+        self._last_commit = 0.0
+        self._publish_backoff_until = 0.0
+        self.stopping = False
+        #: set by a second stop signal: do not wait for running tasks any longer
+        self.hurry = False
+        self.last_iteration = clock()
+
+    # == lifecycle ======================================================================
+    def subscribe(self) -> None:
+        self._consumer.subscribe(
+            self._router.subscription(),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+
+    def run(self) -> None:
+        """Turn until :meth:`request_stop`, then drain, commit and close."""
+        self.subscribe()
+        while not self.stopping:
+            self.run_once()
+        self.shutdown()
+
+    def request_stop(self) -> None:
+        self.stopping = True
+
+    def run_once(self, poll_timeout: float = 0.05) -> None:
+        messages = self._consumer.consume(self.settings.kafka.poll_batch, poll_timeout)
+        for message in messages:
+            self._take(message)
+        self._turn()
+
+    def _turn(self) -> None:
+        self._dlq.poll()
+        self._apply_events()
+        self._expire()
+        self._dispatch_waiting()
+        self._commit_if_due()
+        self._update_pauses()
+        self.last_iteration = self._clock()
+
+    def shutdown(self) -> None:
+        """Stop fetching, wait up to ``shutdown_grace`` for in-flight tasks, commit, close."""
+        log.info("shutting down: %d tasks in flight", len(self.jobs))
+        assigned = [TopicPartition(t, p) for t, p in self.tracker.partitions()]
+        if assigned:
+            self._consumer.pause(assigned)
+        for waiting in self._waiting.values():
+            waiting.clear()  # never dispatched: their offsets stay uncommitted
+        deadline = self._clock() + self.settings.limits.shutdown_grace
+        while (len(self.jobs) or self._dlq.pending) and self._clock() < deadline and not self.hurry:
+            self._consumer.consume(self.settings.kafka.poll_batch, 0.05)  # keeps membership
+            self._dlq.poll()
+            self._apply_events(timeout=0.05)
+        self._commit(sync=True)
+        left = self._dlq.flush(5.0)
+        if left:
+            log.warning("%d dead letters not acknowledged at shutdown; not committed", left)
+        self._consumer.close()  # on_revoke runs with nothing to wait for: leaves the group
+        log.info(
+            "stopped; %d tasks were still running (their records will be redelivered)",
+            len(self.jobs),
+        )
+
+    # == intake ==========================================================================
+    def _take(self, message: Any) -> None:
+        error = message.error()
+        if error is not None:
+            self._on_consume_error(error)
+            return
+        record = Record.from_message(message)
+        if self.stopping or not self.tracker.add(record.tp, record.offset, self._clock()):
+            return
+        self._events.on_consumed(record)
+        epoch = self.tracker.epoch(record.tp) or 0
+        route = self._router.match(record.topic)
+        if route is None:
+            self._unrouted(record, epoch)
+            return
+        try:
+            args, kwargs = build_call(route, record)
+        except DecodeError as exc:
+            log.warning("cannot decode %s: %s", record.coordinates(), exc)
+            self._dead_letter(
+                record,
+                route,
+                epoch,
+                Failure(
+                    reason=exc.reason,
+                    task_name=route.task,
+                    error_class=type(exc).__name__,
+                    error_message=str(exc),
+                ),
+            )
+            return
+        request = TaskRequest(
+            task_id=task_id_for(
+                self.settings.kafka.group_id,
+                record.topic,
+                record.partition,
+                record.offset,
+                record.timestamp_ms,
+                self.settings.dedupe_generation,
+            ),
+            name=route.task,
+            args=args,
+            kwargs=kwargs,
+            queue=route.queue,
+            headers=kafka_headers(record),
+            label=f"<kafka {record.coordinates()}>",
+        )
+        self._waiting.setdefault(record.tp, deque()).append(Waiting(record, route, epoch, request))
+
+    def _on_consume_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        if error.fatal():
+            raise FatalConsumerError(f"Kafka consumer failed: {error.str()}")
+        log.warning("Kafka consumer error (retrying): %s", error.str())
+
+    def _unrouted(self, record: Record, epoch: int) -> None:
+        if self.settings.unrouted == "skip" or record.topic.endswith(".dlq"):
+            self._finish_offset(record, epoch)
+            return
+        self._dead_letter(
+            record,
+            None,
+            epoch,
+            Failure(
+                reason="no_route",
+                error_class="NoRoute",
+                error_message=f"no route matches topic {record.topic!r}; add one under routes:",
+            ),
+        )
+
+    # == dispatch ========================================================================
+    def _room(self, tp: TP, route: Route) -> int:
+        per_partition = route.max_in_flight - self.jobs.count(tp)
+        total = self.settings.limits.max_in_flight_total - len(self.jobs)
+        return min(per_partition, total)
+
+    def _dispatch_waiting(self) -> None:
+        if self.stopping or self._clock() < self._publish_backoff_until:
+            return
+        batch: list[Waiting] = []
+        for tp, waiting in self._waiting.items():
+            if not waiting:
+                continue
+            room = min(self._room(tp, waiting[0].route), len(waiting))
+            batch.extend(waiting.popleft() for _ in range(max(0, room)))
+            if len(batch) >= self.settings.limits.max_in_flight_total:
+                break
+        if batch:
+            self._send(batch)
+
+    def _send(self, batch: list[Waiting]) -> None:
+        done = self._already_finished([w.request.task_id for w in batch])
+        fresh = []
+        for waiting in batch:
+            event = done.get(waiting.request.task_id)
+            if event is None:
+                fresh.append(waiting)
+            else:  # finished before (e.g. by an earlier owner): no second run
+                self._conclude(self._job_of(waiting), event)
+        if not fresh:
+            return
+        self._watcher.watch(w.request.task_id for w in fresh)
+        try:
+            self._dispatcher.publish([w.request for w in fresh])
+        except PublishError as exc:
+            log.warning("%s; will retry", exc)
+            self._publish_backoff_until = self._clock() + 1.0
+            for waiting in reversed(fresh):
+                self._waiting[waiting.record.tp].appendleft(waiting)
+            return
+        now = self._clock()
+        for waiting in fresh:
+            self.jobs.add(self._job_of(waiting), now)
+            self._events.on_dispatched(waiting.record, waiting.route.task, False)
+
+    @staticmethod
+    def _job_of(waiting: Waiting) -> Job:
+        return Job(waiting.record, waiting.route, waiting.epoch, waiting.request)
+
+    def _already_finished(self, task_ids: list[str]) -> dict[str, TaskEvent]:
+        """Final states already stored for these ids (a redelivered record that was done)."""
+        try:
+            events = read_events(
+                self._results, self.settings.results.key_prefix, self._decode, task_ids
+            )
+            return {event.task_id: event for event in events if event.final}
+        except redis.RedisError as exc:
+            log.debug("result pre-check skipped: %r", exc)
+            return {}
+
+    # == outcomes ========================================================================
+    def _apply_events(self, timeout: float = 0.0) -> None:
+        completions = self._watcher.completions
+        try:
+            event = completions.get(timeout=timeout) if timeout else completions.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            if event.final:
+                self._on_final(event)
+            else:
+                self._on_progress(event)
+            try:
+                event = completions.get_nowait()
+            except queue.Empty:
+                return
+
+    def _on_progress(self, event: TaskEvent) -> None:
+        job = self.jobs.get(event.task_id)
+        if job is None:
+            return
+        if event.state == "RETRY":
+            job.retries_seen += 1
+        self.jobs.extend(job, self._clock())
+
+    def _on_final(self, event: TaskEvent) -> None:
+        job = self.jobs.pop(event.task_id)
+        if job is not None:  # else: a partition we no longer own, or a duplicate report
+            self._conclude(job, event)
+
+    def _conclude(self, job: Job, event: TaskEvent) -> None:
+        """The one place a final task state becomes a finished offset or a dead letter."""
+        duration = self._clock() - job.first_dispatch if job.dispatches else None
+        if event.state == "SUCCESS":
+            self._events.on_task_finished(job.record, job.route.task, "success", duration)
+            self._finish_offset(job.record, job.epoch)
+            return
+        reason, outcome = FAILED_STATES[event.state]
+        self._events.on_task_finished(job.record, job.route.task, outcome, duration)
+        self._dead_letter(
+            job.record,
+            job.route,
+            job.epoch,
+            Failure(
+                reason=reason,
+                task_name=job.route.task,
+                task_id=job.request.task_id,
+                attempts=job.attempts,
+                error_class=event.error_class or "",
+                error_message=event.error_message or "",
+                traceback=event.traceback or "",
+            ),
+        )
+
+    def _expire(self) -> None:
+        for job in self.jobs.expired(self._clock()):
+            if job.dispatches <= job.route.max_redispatch:
+                log.warning(
+                    "task %s for %s has no final state after %.0fs; sending it again",
+                    job.request.task_id,
+                    job.record.coordinates(),
+                    job.route.task_timeout,
+                )
+                self._redispatch(job)
+                continue
+            self.jobs.pop(job.request.task_id)
+            self._watcher.unwatch(job.request.task_id)
+            self._events.on_task_finished(job.record, job.route.task, "timeout", None)
+            self._dead_letter(
+                job.record,
+                job.route,
+                job.epoch,
+                Failure(
+                    reason="task_timeout",
+                    task_name=job.route.task,
+                    task_id=job.request.task_id,
+                    attempts=job.attempts,
+                    error_class="TaskTimeout",
+                    error_message=f"no final state within {job.route.task_timeout:.0f}s "
+                    f"after {job.dispatches} dispatches",
+                ),
+            )
+
+    def _redispatch(self, job: Job) -> None:
+        # Celery never re-stores a SUCCESS, so read the key before waiting on the same id again
+        done = self._already_finished([job.request.task_id])
+        if job.request.task_id in done:
+            self._on_final(done[job.request.task_id])
+            return
+        try:
+            self._dispatcher.publish([job.request])
+        except PublishError as exc:
+            log.warning("%s; will retry", exc)
+            self.jobs.extend(job, self._clock())
+            return
+        self.jobs.add(job, self._clock())
+        self._events.on_dispatched(job.record, job.route.task, True)
+
+    def _dead_letter(
+        self, record: Record, route: Route | None, epoch: int, failure: Failure
+    ) -> None:
+        topic = route.dlq_for(record.topic) if route else f"{record.topic}.dlq"
+
+        def written() -> None:
+            self._events.on_dead_lettered(record, failure.reason)
+            self._finish_offset(record, epoch)
+
+        self._dlq.send(record, topic, failure, written)
+
+    def _finish_offset(self, record: Record, epoch: int) -> None:
+        self.tracker.finish(record.tp, record.offset, epoch)
+
+    # == commits =========================================================================
+    def _commit_if_due(self) -> None:
+        now = self._clock()
+        if now - self._last_commit >= self.settings.kafka.commit_interval:
+            self._last_commit = now
+            self._commit(sync=True)
+
+    def _commit(self, sync: bool, tps: list[TP] | None = None) -> None:
+        points = self.tracker.committable(tps)
+        if not points:
+            return
+        offsets = [TopicPartition(t, p, offset) for (t, p), offset in points.items()]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=not sync)
+        except KafkaException as exc:
+            self._on_commit_error(exc)
+            return
+        for tp, offset in points.items():
+            self.tracker.mark_committed(tp, offset)
+            self._events.on_committed(tp, offset)
+
+    def _on_commit_error(self, exc: KafkaException) -> None:
+        error = exc.args[0] if exc.args else None
+        if isinstance(error, KafkaError) and error.fatal():
+            raise FatalConsumerError(f"commit failed fatally: {error.str()}") from exc
+        # a moving group (rebalance in progress, unknown member, …): the next turn retries
+        log.info("commit not accepted now (%s); retrying next turn", exc)
+
+    # == flow control ====================================================================
+    def _update_pauses(self) -> None:
+        limits = self.settings.limits
+        total_full = self.tracker.open_total >= limits.max_in_flight_total
+        to_pause, to_resume = [], []
+        for tp in self.tracker.partitions():
+            route = self._router.match(tp[0])
+            cap = route.max_in_flight if route else limits.max_in_flight_total
+            open_records = self.tracker.open_count(tp)
+            if tp not in self._paused and (total_full or open_records >= cap):
+                to_pause.append(tp)
+            elif (
+                tp in self._paused
+                and not total_full
+                and open_records <= cap * (limits.resume_ratio)
+                and self.tracker.open_total <= limits.max_in_flight_total * limits.resume_ratio
+            ):
+                to_resume.append(tp)
+        if to_pause:
+            self._consumer.pause([TopicPartition(t, p) for t, p in to_pause])
+            self._paused.update(to_pause)
+        if to_resume:
+            self._consumer.resume([TopicPartition(t, p) for t, p in to_resume])
+            self._paused.difference_update(to_resume)
+        if to_pause or to_resume:
+            log.debug("paused %d partitions, resumed %d", len(to_pause), len(to_resume))
+            self._events.on_paused(len(self._paused))
+
+    # == rebalance callbacks (run inside consume(), on this thread) =====================
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        tps = [(p.topic, p.partition) for p in partitions]
+        for tp in tps:
+            self._epochs += 1
+            self.tracker.assign(tp, self._epochs)
+            self._waiting[tp] = deque()
+            self._paused.discard(tp)
+        log.info("assigned %s", _names(tps))
+        self._events.on_rebalance("assign", tps)
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        tps = {(p.topic, p.partition) for p in partitions}
+        for tp in tps:
+            self._waiting.pop(tp, None)
+        grace = 0.0 if self.stopping else self.settings.limits.revoke_grace
+        deadline = self._clock() + grace
+        while self._open_jobs(tps) and self._clock() < deadline:
+            self._dlq.poll()
+            self._apply_events(timeout=0.05)
+        self._commit(sync=True, tps=list(tps))
+        self._forget(tps)
+        log.info("revoked %s", _names(sorted(tps)))
+        self._events.on_rebalance("revoke", sorted(tps))
+
+    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        tps = {(p.topic, p.partition) for p in partitions}
+        self._forget(tps)
+        log.warning("lost %s (no commit; the new owner redelivers)", _names(sorted(tps)))
+        self._events.on_rebalance("lost", sorted(tps))
+
+    def _open_jobs(self, tps: set[TP]) -> int:
+        return sum(self.jobs.count(tp) for tp in tps) + self._dlq.pending
+
+    def _forget(self, tps: set[TP]) -> None:
+        for job in self.jobs.drop_partitions(tps):
+            self._watcher.unwatch(job.request.task_id)
+        for tp in tps:
+            self.tracker.revoke(tp)
+            self._waiting.pop(tp, None)
+            self._paused.discard(tp)
+        self._dlq.forget(tps)
+
+
+def _names(tps: list[TP]) -> str:
+    return ", ".join(f"{t}[{p}]" for t, p in tps) or "nothing"

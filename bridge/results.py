@@ -1,0 +1,217 @@
+"""Learning task outcomes from the Redis result backend without polling each task.
+
+Celery's Redis backend writes ``celery-task-meta-<id>`` and PUBLISHes the same value on a
+channel of the same name. The watcher holds one PSUBSCRIBE to ``celery-task-meta-*`` on its
+own connection and reports the outcomes of the ids it was asked to watch through a queue.
+A periodic reconcile sweep reads the result keys of watched ids (MGET, in chunks), so
+outcomes published while the pub/sub connection was down, or never published again
+(Celery does not overwrite a SUCCESS result), are still found.
+
+The watcher thread owns its Redis connections; the consumer loop only calls :meth:`watch`,
+:meth:`unwatch` and drains :attr:`completions`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from bridge.io_retry import OutageLog
+
+log = logging.getLogger(__name__)
+
+FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+PROGRESS_STATES = frozenset({"STARTED", "RETRY"})
+
+Decoder = Callable[[bytes], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """A state reported for a watched task: final (SUCCESS/FAILURE/REVOKED) or progress."""
+
+    task_id: str
+    state: str
+    error_class: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+def event_from_meta(task_id: str, meta: dict[str, Any]) -> TaskEvent:
+    state = str(meta.get("status", "PENDING"))
+    result = meta.get("result")
+    error_class = error_message = None
+    if state in ("FAILURE", "REVOKED", "RETRY") and isinstance(result, dict):
+        error_class = result.get("exc_type")
+        message = result.get("exc_message")
+        if isinstance(message, list | tuple):
+            message = " ".join(str(part) for part in message)
+        error_message = None if message is None else str(message)
+    return TaskEvent(task_id, state, error_class, error_message, meta.get("traceback"))
+
+
+def json_decoder(data: bytes) -> dict[str, Any]:
+    value = json.loads(data)
+    return value if isinstance(value, dict) else {}
+
+
+class ResultWatcher:
+    """Background thread reporting :class:`TaskEvent` s for watched task ids."""
+
+    def __init__(
+        self,
+        client_factory: Callable[[], redis.Redis],
+        key_prefix: str = "celery-task-meta-",
+        reconcile_interval: float = 5.0,
+        decoder: Decoder = json_decoder,
+        chunk: int = 1000,
+    ) -> None:
+        self._client_factory = client_factory
+        self._prefix = key_prefix
+        self._interval = reconcile_interval
+        self._decode = decoder
+        self._chunk = chunk
+        self._watched: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._subscribed = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._outage = OutageLog(log, "result backend (Redis)")
+        self._sweep_now = True
+        self.completions: queue.SimpleQueue[TaskEvent] = queue.SimpleQueue()
+
+    # -- called from the consumer loop ------------------------------------------
+    def watch(self, task_ids: Iterable[str]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for task_id in task_ids:
+                self._watched.setdefault(task_id, now)
+
+    def unwatch(self, task_id: str) -> None:
+        with self._lock:
+            self._watched.pop(task_id, None)
+
+    def watched_count(self) -> int:
+        with self._lock:
+            return len(self._watched)
+
+    @property
+    def healthy(self) -> bool:
+        return self._subscribed.is_set() and not self._outage.down
+
+    # -- lifecycle ----------------------------------------------------------------
+    def start(self, wait: float = 10.0) -> None:
+        self._thread = threading.Thread(target=self._run, name="ckb-result-watcher", daemon=True)
+        self._thread.start()
+        if not self._subscribed.wait(wait):
+            log.warning("result watcher not subscribed after %.0fs; reconcile sweeps cover", wait)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    # -- the thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                self._listen()
+                backoff = 0.1
+            except (redis.RedisError, OSError) as exc:
+                self._subscribed.clear()
+                self._outage.failed(exc)
+                self._sweep_now = True  # what was published meanwhile is only in the keys
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _listen(self) -> None:
+        client = self._client_factory()
+        pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+        try:
+            pubsub.psubscribe(f"{self._prefix}*")
+            # wait for the confirmation so nothing published after start() is missed
+            deadline = time.monotonic() + 10
+            while (message := pubsub.get_message(timeout=1.0)) is None or (
+                message["type"] != "psubscribe"
+            ):
+                if time.monotonic() > deadline:
+                    raise redis.ConnectionError("no PSUBSCRIBE confirmation within 10s")
+            self._subscribed.set()
+            next_sweep = 0.0
+            while not self._stop.is_set():
+                message = pubsub.get_message(timeout=0.2)
+                if message is not None:
+                    self._on_message(message)
+                now = time.monotonic()
+                if self._sweep_now or now >= next_sweep:
+                    self._sweep(client, full=self._sweep_now)
+                    self._outage.recovered()
+                    self._sweep_now = False
+                    next_sweep = now + self._interval
+        finally:
+            pubsub.close()
+            client.close()
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        if message.get("type") != "pmessage":
+            return
+        channel = message.get("channel")
+        data = message.get("data")
+        if not isinstance(channel, bytes) or not isinstance(data, bytes):
+            return
+        task_id = channel[len(self._prefix) :].decode("utf-8", "replace")
+        with self._lock:
+            if task_id not in self._watched:
+                return
+        try:
+            event = event_from_meta(task_id, self._decode(data))
+        except ValueError:
+            log.warning("undecodable result for task %s; the reconcile sweep retries", task_id)
+            return
+        self._report(event)
+
+    def _report(self, event: TaskEvent) -> None:
+        if event.final:
+            with self._lock:
+                if self._watched.pop(event.task_id, None) is None:
+                    return
+        self.completions.put(event)
+
+    def _sweep(self, client: redis.Redis, full: bool) -> None:
+        """Read result keys of watched ids (older than one interval, or all when ``full``)."""
+        cutoff = time.monotonic() - (0 if full else self._interval)
+        with self._lock:
+            due = [task_id for task_id, since in self._watched.items() if since <= cutoff]
+        for event in read_events(client, self._prefix, self._decode, due, self._chunk):
+            if event.final:
+                self._report(event)
+
+
+def read_events(
+    client: redis.Redis, prefix: str, decode: Decoder, task_ids: list[str], chunk: int = 1000
+) -> Iterator[TaskEvent]:
+    """Stored states of ``task_ids`` (one MGET per chunk); ids with no stored result omitted."""
+    for start in range(0, len(task_ids), chunk):
+        part = task_ids[start : start + chunk]
+        values = client.mget([prefix + task_id for task_id in part])
+        for task_id, value in zip(part, values, strict=True):
+            if value is None:
+                continue
+            try:
+                data = value if isinstance(value, bytes) else str(value).encode()
+                yield event_from_meta(task_id, decode(data))
+            except ValueError:
+                log.warning("undecodable stored result for task %s", task_id)

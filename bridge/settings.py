@@ -1,0 +1,230 @@
+"""The one typed settings object: YAML file, overridden by ``CKB_`` environment variables.
+
+``CKB_KAFKA__BOOTSTRAP_SERVERS=host:9092`` overrides ``kafka.bootstrap_servers``; lists and
+mappings take JSON (``CKB_ROUTES='[{"topic": "orders", "task": "tasks.examples.process_order"}]'``).
+Built once by :func:`load_settings` and passed down; nothing reads the environment later.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+CallMode = Literal["arg", "kwargs", "envelope"]
+PayloadCodec = Literal["json", "text", "bytes"]
+OrderingMode = Literal["unordered", "key", "partition"]
+
+#: librdkafka properties the bridge sets itself; a user value would break its guarantees.
+RESERVED_CONSUMER_PROPERTIES = frozenset(
+    {"enable.auto.commit", "enable.auto.offset.store", "group.id", "bootstrap.servers"}
+)
+#: not accepted by librdkafka with ``group.protocol=consumer`` (KIP-848): the broker decides
+CLASSIC_ONLY = ("partition.assignment.strategy", "session.timeout.ms", "heartbeat.interval.ms")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(Strict):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "ckb-bridge"
+    consumer: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    producer: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    poll_batch: int = Field(default=500, ge=1, le=100_000)
+    commit_interval: float = Field(default=1.0, gt=0, le=60)
+
+    @field_validator("consumer")
+    @classmethod
+    def _no_reserved(cls, value: dict[str, Any]) -> dict[str, Any]:
+        clash = sorted(RESERVED_CONSUMER_PROPERTIES & value.keys())
+        if clash:
+            raise ValueError(
+                f"{', '.join(clash)} is managed by the bridge; remove it "
+                "(use kafka.bootstrap_servers / kafka.group_id for those two)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _kip848_properties(self) -> KafkaSettings:
+        if self.uses_kip848:
+            clash = [name for name in CLASSIC_ONLY if name in self.consumer]
+            if clash:
+                raise ValueError(
+                    f"consumer.{clash[0]} cannot be set with group.protocol=consumer "
+                    "(the broker assigns partitions and sets timeouts): remove it"
+                )
+        return self
+
+    @property
+    def uses_kip848(self) -> bool:
+        return str(self.consumer.get("group.protocol", "classic")) == "consumer"
+
+
+class CelerySettings(Strict):
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    result_backend: str = "redis://127.0.0.1:6379/1"
+    default_queue: str = "celery"
+    #: extra Celery configuration for the bridge's own app (e.g. broker_use_ssl)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("result_backend")
+    @classmethod
+    def _redis_backend(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("the bridge watches results in Redis: use a redis:// or rediss:// URL")
+        return value
+
+
+class Route(Strict):
+    topic: str
+    task: str = Field(min_length=1)
+    queue: str | None = None
+    call: CallMode = "arg"
+    payload: PayloadCodec = "json"
+    ordering: OrderingMode = "unordered"
+    max_in_flight: int = Field(default=1000, ge=1, le=1_000_000)
+    task_timeout: float = Field(default=300.0, gt=0)
+    max_redispatch: int = Field(default=2, ge=0, le=100)
+    dlq_topic: str | None = None
+
+    @field_validator("topic")
+    @classmethod
+    def _valid_topic(cls, value: str) -> str:
+        if not value:
+            raise ValueError("topic must not be empty")
+        if value.startswith("^"):
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from exc
+        return value
+
+    @property
+    def is_pattern(self) -> bool:
+        return self.topic.startswith("^")
+
+    def dlq_for(self, topic: str) -> str:
+        return self.dlq_topic or f"{topic}.dlq"
+
+
+class Limits(Strict):
+    max_in_flight_total: int = Field(default=10_000, ge=1)
+    revoke_grace: float = Field(default=20.0, ge=0)
+    shutdown_grace: float = Field(default=30.0, ge=0)
+    #: resume a paused partition once its open records fall to this fraction of the cap
+    resume_ratio: float = Field(default=0.5, gt=0, le=1)
+
+
+class ResultSettings(Strict):
+    #: seconds between reconcile sweeps that read the result keys of open tasks
+    reconcile_interval: float = Field(default=5.0, gt=0)
+    key_prefix: str = "celery-task-meta-"
+
+
+class MetricsSettings(Strict):
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = Field(default=9108, ge=0, le=65535)
+
+
+class LoggingSettings(Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_format: bool = Field(default=False, alias="json")
+    #: log record payloads (never on by default: payloads can hold personal data)
+    debug_payloads: bool = False
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Settings(BaseSettings):
+    """The bridge's whole configuration (see config/bridge.yaml for an annotated example)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CKB_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    celery: CelerySettings = Field(default_factory=CelerySettings)
+    routes: list[Route] = Field(min_length=1)
+    unrouted: Literal["dlq", "skip"] = "dlq"
+    dedupe_generation: int = Field(default=0, ge=0)
+    limits: Limits = Field(default_factory=Limits)
+    results: ResultSettings = Field(default_factory=ResultSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @model_validator(mode="after")
+    def _unique_exact_topics(self) -> Settings:
+        seen: set[str] = set()
+        for route in self.routes:
+            if not route.is_pattern and route.topic in seen:
+                raise ValueError(f"two routes for topic {route.topic!r}: keep one")
+            seen.add(route.topic)
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # environment wins over the YAML file, which arrives as init arguments
+        return env_settings, init_settings
+
+
+class ConfigError(Exception):
+    """A user mistake in configuration; the message names the field and the fix."""
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: file not found (pass -c PATH, or set CKB_CONFIG)") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping (kafka:, celery:, routes: …)")
+    return data
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per problem: dotted field path, what is wrong, and the value's type."""
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key: remove it or check its spelling against config/bridge.yaml"
+        elif item["type"] == "missing":
+            message = "required: add it"
+        lines.append(f"  {where}: {message}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Build the settings from ``path`` (optional) and the environment."""
+    data = read_yaml(path) if path is not None else {}
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from exc

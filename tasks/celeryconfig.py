@@ -1,0 +1,44 @@
+"""Worker-side Celery settings that suit tasks fed from Kafka."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def _env(*names: str, default: str) -> str:
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return default
+
+
+def settings_from_env() -> dict[str, Any]:
+    visibility = int(_env("CKB_WORKER_VISIBILITY_TIMEOUT", default="3600"))
+    return {
+        "broker_url": _env(
+            "CKB_CELERY__BROKER_URL", "CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0"
+        ),
+        "result_backend": _env(
+            "CKB_CELERY__RESULT_BACKEND",
+            "CELERY_RESULT_BACKEND",
+            default="redis://127.0.0.1:6379/1",
+        ),
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        # a task is acknowledged after it ran, so a worker killed mid-task loses nothing
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # longer than any task's run time, or Redis redelivers a running task
+        "broker_transport_options": {"visibility_timeout": visibility},
+        "result_expires": int(_env("CKB_WORKER_RESULT_EXPIRES", default="86400")),
+        "worker_prefetch_multiplier": int(_env("CKB_WORKER_PREFETCH", default="4")),
+        "broker_connection_retry_on_startup": True,
+        "task_track_started": False,
+    }
+
+
+def configure(app: Any) -> None:
+    app.conf.update(settings_from_env())

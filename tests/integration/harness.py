@@ -1,0 +1,261 @@
+"""Helpers that drive real processes: Kafka topics, `ckb run` bridges, Celery workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+import yaml
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from bridge.stack import StackInfo
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def wait_for(
+    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.2
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@dataclass
+class Kafka:
+    bootstrap: str
+
+    def create_topic(self, partitions: int, prefix: str = "it") -> str:
+        name = unique(prefix)
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        futures = admin.create_topics([NewTopic(name, partitions, 1)])
+        futures[name].result(30)
+        wait_for(lambda: name in admin.list_topics(timeout=5).topics, 30, f"topic {name}")
+        return name
+
+    def produce(
+        self,
+        topic: str,
+        values: Iterable[bytes | None],
+        keys: Iterable[bytes | None] | None = None,
+        partition_of: Callable[[int], int] | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> int:
+        producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
+        count = 0
+        key_list = list(keys) if keys is not None else None
+        for i, value in enumerate(values):
+            extra: dict[str, Any] = {}
+            if partition_of is not None:
+                extra["partition"] = partition_of(i)
+            if headers is not None:
+                extra["headers"] = headers
+            key = key_list[i] if key_list is not None else None
+            while True:
+                try:
+                    producer.produce(topic, value=value, key=key, **extra)
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+            count += 1
+        assert producer.flush(30) == 0, "produce did not complete"
+        return count
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": unique("probe")})
+        try:
+            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            return {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in partitions
+            }
+        finally:
+            consumer.close()
+
+    def committed(self, group: str, topic: str, partitions: int) -> dict[int, int]:
+        """Committed offsets of ``group`` (-1001 where nothing is committed)."""
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group})
+        try:
+            tps = [TopicPartition(topic, p) for p in range(partitions)]
+            return {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=10)}
+        finally:
+            consumer.close()
+
+    def read_all(self, topic: str, expected: int, timeout: float = 30) -> list[Any]:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": unique("reader"),
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+        consumer.subscribe([topic])
+        messages: list[Any] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while len(messages) < expected and time.monotonic() < deadline:
+                for message in consumer.consume(500, 0.5):
+                    if message.error() is None:
+                        messages.append(message)
+            return messages
+        finally:
+            consumer.close()
+
+
+@dataclass
+class Executions:
+    """What the test worker's ``it.record`` task wrote to Redis."""
+
+    client: redis.Redis
+
+    def of(self, topic: str) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.client.lrange(f"ckb-it:exec:{topic}", 0, -1)]
+
+    def count(self, topic: str) -> int:
+        return int(self.client.llen(f"ckb-it:exec:{topic}"))
+
+
+def worker_env(stack: StackInfo, recorder_db: int = 2) -> dict[str, str]:
+    return {
+        **os.environ,
+        "CKB_CELERY__BROKER_URL": f"{stack.redis_url}/0",
+        "CKB_CELERY__RESULT_BACKEND": f"{stack.redis_url}/1",
+        "CKB_IT_RECORDER_URL": f"{stack.redis_url}/{recorder_db}",
+        "PYTHONPATH": str(REPO),
+    }
+
+
+@dataclass
+class Worker:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def start_worker(
+    stack: StackInfo,
+    queue: str,
+    log_dir: Path,
+    concurrency: int = 4,
+    app: str = "tests.integration.worker_app",
+) -> Worker:
+    log_path = log_dir / f"worker-{queue}.log"
+    command = [
+        sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue,
+        "-c", str(concurrency), "--loglevel", "WARNING", "-n", f"{queue}@%h",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=worker_env(stack), stdout=log, stderr=subprocess.STDOUT
+        )
+    worker = Worker(process, log_path)
+    from celery import Celery
+
+    pinger = Celery(broker=f"{stack.redis_url}/0")
+    name = f"{queue}@{socket.gethostname()}"
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"worker exited: {log_path.read_text()[-3000:]}")
+        return bool(pinger.control.ping(destination=[name], timeout=0.5))
+
+    try:
+        wait_for(ready, 60, "the Celery worker to answer ping")
+    finally:
+        pinger.close()
+    return worker
+
+
+@dataclass
+class BridgeProcess:
+    process: subprocess.Popen[bytes]
+    config_path: Path
+    log_path: Path
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def terminate(self, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+            raise AssertionError(f"bridge did not stop on SIGTERM: {self.log_tail()}") from None
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+def bridge_config(
+    stack: StackInfo, group: str, routes: list[dict[str, Any]], **overrides: Any
+) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "kafka": {"bootstrap_servers": stack.kafka_bootstrap, "group_id": group},
+        "celery": {
+            "broker_url": f"{stack.redis_url}/0",
+            "result_backend": f"{stack.redis_url}/1",
+        },
+        "routes": routes,
+        "results": {"reconcile_interval": 1.0},
+        "metrics": {"enabled": False},
+        "logging": {"level": "INFO"},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+def start_bridge(config: dict[str, Any], work_dir: Path, name: str = "bridge") -> BridgeProcess:
+    config_path = work_dir / f"{name}.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    log_path = work_dir / f"{name}.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "run", "-c", str(config_path)],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return BridgeProcess(process, config_path, log_path, config)

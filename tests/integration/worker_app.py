@@ -1,0 +1,54 @@
+"""A Celery app for integration tests that knows nothing of ``bridge``.
+
+Started as a real worker: ``celery -A tests.integration.worker_app worker``. Its task records
+every execution in Redis so tests can check what ran, where, and when it finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import redis
+from celery import Celery
+
+app = Celery("ckb-it")
+app.conf.update(
+    broker_url=os.environ["CKB_CELERY__BROKER_URL"],
+    result_backend=os.environ["CKB_CELERY__RESULT_BACKEND"],
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    broker_connection_retry_on_startup=True,
+)
+_recorder = redis.Redis.from_url(os.environ["CKB_IT_RECORDER_URL"])
+
+HEADERS = ("ckb_topic", "ckb_partition", "ckb_offset", "ckb_key", "ckb_timestamp")
+
+
+def executions_key(topic: str) -> str:
+    return f"ckb-it:exec:{topic}"
+
+
+@app.task(bind=True, name="it.record")
+def record(self: Any, payload: Any) -> str:
+    """Sleep ``payload['sleep_ms']``, then append one execution line for the record."""
+    started = time.time()
+    if isinstance(payload, dict):
+        time.sleep(float(payload.get("sleep_ms", 0)) / 1000.0)
+    headers = {name: getattr(self.request, name, None) for name in HEADERS}
+    line = {
+        "task_id": self.request.id,
+        "pid": os.getpid(),
+        "start": started,
+        "end": time.time(),
+        "payload": payload,
+        **headers,
+    }
+    _recorder.rpush(executions_key(str(headers["ckb_topic"])), json.dumps(line))
+    return "ok"
