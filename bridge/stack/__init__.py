@@ -1,0 +1,25 @@
+"""A local Kafka (KRaft, from Maven jars) + Redis stack without Docker, for `ckb stack` and tests.
+
+>>> stack = LocalStack(state_dir, kafka_port=9092, redis_port=6379)
+>>> info = stack.up(progress=print)      # idempotent
+>>> info.kafka_bootstrap, info.redis_url
+('127.0.0.1:9092', 'redis://127.0.0.1:6379')
+>>> stack.down()
+"""
+
+from bridge.stack.kafka import ensure_kafka_jars, find_java
+from bridge.stack.manager import LocalStack, StackInfo
+from bridge.stack.paths import DEFAULT_KAFKA_VERSION, default_state_dir
+from bridge.stack.processes import StackError
+from bridge.stack.redis_server import find_redis_server
+
+__all__ = [
+    "DEFAULT_KAFKA_VERSION",
+    "LocalStack",
+    "StackError",
+    "StackInfo",
+    "default_state_dir",
+    "ensure_kafka_jars",
+    "find_java",
+    "find_redis_server",
+]

@@ -1,0 +1,251 @@
+"""``LocalStack``: a local Kafka (KRaft) + Redis pair kept in one state directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bridge.stack.kafka import KafkaNode, is_formatted
+from bridge.stack.paths import StatePaths, default_state_dir
+from bridge.stack.processes import (
+    LOCALHOST,
+    StackError,
+    file_lock,
+    free_port,
+    port_accepts,
+    port_in_use,
+)
+from bridge.stack.redis_server import RedisNode
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+CONTROLLER_PORT_OFFSET = 1000
+_CONTROLLER_LINE = re.compile(r"^controller\.quorum\.bootstrap\.servers=.*:(\d+)\s*$", re.M)
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    kafka_bootstrap: str
+    redis_url: str
+    state_dir: Path
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    """The ports of a stack, remembered in ``stack.json``."""
+
+    kafka: int
+    controller: int
+    redis: int
+
+    @classmethod
+    def from_file(cls, path: Path) -> StackPorts | None:
+        try:
+            data = json.loads(path.read_text())
+            return cls(int(data["kafka"]), int(data["controller"]), int(data["redis"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp.replace(path)
+
+
+def pick_controller_port(kafka_port: int, redis_port: int) -> int:
+    """``kafka_port + 1000`` when usable and free, else any free port."""
+    preferred = kafka_port + CONTROLLER_PORT_OFFSET
+    if preferred <= 65535 and preferred != redis_port and not port_in_use(preferred):
+        return preferred
+    return free_port()
+
+
+def controller_port_from_properties(text: str) -> int | None:
+    match = _CONTROLLER_LINE.search(text)
+    return int(match.group(1)) if match else None
+
+
+class LocalStack:
+    """Start, stop and inspect the local Kafka + Redis of one state directory."""
+
+    def __init__(
+        self, state_dir: Path | None = None, kafka_port: int = 9092, redis_port: int = 6379
+    ) -> None:
+        root = default_state_dir() if state_dir is None else Path(state_dir)
+        self.state_dir = root.expanduser().resolve()
+        self.paths = StatePaths(self.state_dir)
+        self.kafka_port = kafka_port
+        self.redis_port = redis_port
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def up(self, progress: Progress | None = None) -> StackInfo:
+        """Start whatever is not running yet and wait until both answer; idempotent."""
+        report = progress or log.info
+        with file_lock(self.paths.lock_file):
+            ports = self._plan(StackPorts.from_file(self.paths.stack_file))
+            ports.save(self.paths.stack_file)
+            self._ensure_redis(self._redis(ports), report)
+            self._ensure_kafka(self._kafka(ports), report)
+            return self._info(ports)
+
+    def down(self) -> None:
+        """Stop Kafka, then Redis (SIGTERM, SIGKILL after a timeout); idempotent."""
+        if not self.state_dir.is_dir():
+            return
+        with file_lock(self.paths.lock_file):
+            ports = self._known_ports()
+            self._kafka(ports).stop()
+            self._redis(ports).stop()
+
+    def status(self) -> dict[str, Any]:
+        ports = self._known_ports()
+        kafka, redis_node = self._kafka(ports), self._redis(ports)
+        kafka_pid, redis_pid = kafka.pid(), redis_node.pid()
+        return {
+            "kafka": {
+                "running": kafka_pid is not None and port_accepts(ports.kafka),
+                "bootstrap": kafka.bootstrap,
+                "pid": kafka_pid,
+            },
+            "redis": {
+                "running": redis_pid is not None and port_accepts(ports.redis),
+                "url": redis_node.url,
+                "pid": redis_pid,
+            },
+            "state_dir": str(self.state_dir),
+        }
+
+    def info(self) -> StackInfo:
+        """Addresses of this state directory's stack (running or not)."""
+        return self._info(self._known_ports())
+
+    def stop_kafka(self, kill: bool = False) -> None:
+        """Stop the broker only (SIGKILL right away when ``kill``)."""
+        with file_lock(self.paths.lock_file):
+            self._kafka(self._started_ports()).stop(kill=kill)
+
+    def start_kafka(self) -> None:
+        """Start the broker of a stack that was brought ``up`` before; waits until it answers."""
+        with file_lock(self.paths.lock_file):
+            self._ensure_kafka(self._kafka(self._started_ports()), log.info)
+
+    def stop_redis(self, kill: bool = False) -> None:
+        with file_lock(self.paths.lock_file):
+            self._redis(self._started_ports()).stop(kill=kill)
+
+    def start_redis(self) -> None:
+        with file_lock(self.paths.lock_file):
+            self._ensure_redis(self._redis(self._started_ports()), log.info)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _kafka(self, ports: StackPorts) -> KafkaNode:
+        return KafkaNode(self.paths, ports.kafka, ports.controller)
+
+    def _redis(self, ports: StackPorts) -> RedisNode:
+        return RedisNode(self.paths, ports.redis)
+
+    def _info(self, ports: StackPorts) -> StackInfo:
+        return StackInfo(
+            kafka_bootstrap=f"{LOCALHOST}:{ports.kafka}",
+            redis_url=f"redis://{LOCALHOST}:{ports.redis}",
+            state_dir=self.state_dir,
+        )
+
+    def _known_ports(self) -> StackPorts:
+        saved = StackPorts.from_file(self.paths.stack_file)
+        if saved is not None:
+            return saved
+        controller = self.kafka_port + CONTROLLER_PORT_OFFSET
+        return StackPorts(self.kafka_port, controller, self.redis_port)
+
+    def _started_ports(self) -> StackPorts:
+        saved = StackPorts.from_file(self.paths.stack_file)
+        if saved is None:
+            raise StackError(f"no stack was started in {self.state_dir}; run `ckb stack up` first")
+        return saved
+
+    def _plan(self, saved: StackPorts | None) -> StackPorts:
+        """The ports for this ``up``, checked before anything starts.
+
+        StackError when they clash with the stack already running here, or with another process.
+        """
+        if self.kafka_port == self.redis_port:
+            raise StackError(f"Kafka and Redis cannot share port {self.kafka_port}")
+        if saved is not None and self._kafka(saved).running():
+            self._check_same("Kafka", saved.kafka, self.kafka_port, "--kafka-port")
+            controller = saved.controller
+        else:
+            self._check_free("Kafka", self.kafka_port, "--kafka-port")
+            controller = self._controller_port(saved)
+        if saved is not None and self._redis(saved).running():
+            self._check_same("Redis", saved.redis, self.redis_port, "--redis-port")
+        else:
+            self._check_free("Redis", self.redis_port, "--redis-port")
+        return StackPorts(self.kafka_port, controller, self.redis_port)
+
+    def _check_same(self, name: str, running: int, wanted: int, flag: str) -> None:
+        if running != wanted:
+            raise StackError(
+                f"a stack in {self.state_dir} already runs {name} on {LOCALHOST}:{running}, "
+                f"but {flag} {wanted} was asked for. Use the running one, stop it first with "
+                f"`ckb stack down --state-dir {self.state_dir}`, or choose another --state-dir."
+            )
+
+    def _controller_port(self, saved: StackPorts | None) -> int:
+        """A formatted KRaft quorum keeps its controller port; a fresh one gets a new port."""
+        if not is_formatted(self.paths.kafka_data):
+            return pick_controller_port(self.kafka_port, self.redis_port)
+        port = saved.controller if saved is not None else self._controller_from_properties()
+        if port_in_use(port):
+            raise StackError(
+                f"the Kafka controller port {port} (fixed when {self.paths.kafka_data} was "
+                "formatted) is in use by another process. Free it, or start afresh: "
+                f"`ckb stack down` and delete {self.paths.kafka_dir}."
+            )
+        return port
+
+    def _controller_from_properties(self) -> int:
+        try:
+            port = controller_port_from_properties(self.paths.kafka_properties.read_text())
+        except OSError:
+            port = None
+        if port is None:
+            raise StackError(
+                f"{self.paths.stack_file} is missing, so the controller port of the formatted "
+                f"Kafka storage is unknown. Delete {self.paths.kafka_dir} and run up again."
+            )
+        return port
+
+    def _check_free(self, name: str, port: int, flag: str) -> None:
+        if port_in_use(port):
+            raise StackError(
+                f"port {port} on {LOCALHOST} ({name}) is already in use by another process. "
+                f"Choose another with {flag} N, or stop what listens there."
+            )
+
+    def _ensure_kafka(self, node: KafkaNode, report: Progress) -> None:
+        pid = node.pid()
+        if pid is None:
+            self._check_free("Kafka", node.kafka_port, "--kafka-port")
+            node.start(report)
+        elif not node.answers(timeout=5.0):
+            report(f"Kafka (pid {pid}) is starting; waiting for it to answer")
+            node.wait_ready(pid)
+
+    def _ensure_redis(self, node: RedisNode, report: Progress) -> None:
+        pid = node.pid()
+        if pid is None:
+            self._check_free("Redis", node.port, "--redis-port")
+            node.start(report)
+        elif not node.answers(timeout=2.0):
+            node.wait_ready(pid)

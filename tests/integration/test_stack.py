@@ -1,0 +1,102 @@
+"""The real local stack: one Kafka (KRaft) + Redis start, used, bounced and stopped."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+from confluent_kafka import Consumer, Producer
+
+from bridge.stack import LocalStack, StackError, StackInfo
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _ping(url: str) -> bool:
+    with redis.Redis.from_url(url, socket_timeout=5) as client:
+        return bool(client.ping())
+
+
+def _produce_and_consume(bootstrap: str) -> None:
+    topic = f"stack-it-{uuid.uuid4().hex[:10]}"
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce(topic, key=b"k", value=b"hello")
+    assert producer.flush(30) == 0
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"g-{topic}",
+            "group.protocol": "consumer",  # KIP-848 must be on in the broker
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        consumer.subscribe([topic])
+        got = None
+        for _ in range(60):
+            msg = consumer.poll(1.0)
+            if msg is not None and msg.error() is None:
+                got = msg
+                break
+        assert got is not None, "no record consumed within 60s"
+        assert (got.key(), got.value()) == (b"k", b"hello")
+    finally:
+        consumer.close()
+
+
+def _assert_running(stack: LocalStack, info: StackInfo) -> tuple[int, int]:
+    status = stack.status()
+    assert status["kafka"]["running"] and status["redis"]["running"], status
+    assert status["kafka"]["bootstrap"] == info.kafka_bootstrap
+    assert status["redis"]["url"] == info.redis_url
+    return status["kafka"]["pid"], status["redis"]["pid"]
+
+
+def test_stack_lifecycle(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    kafka_port, redis_port = _free_port(), _free_port()
+    stack = LocalStack(state, kafka_port=kafka_port, redis_port=redis_port)
+    progress: list[str] = []
+    try:
+        info = stack.up(progress=progress.append)
+        assert info == StackInfo(
+            f"127.0.0.1:{kafka_port}", f"redis://127.0.0.1:{redis_port}", state
+        )
+        assert any("Kafka ready" in m for m in progress), progress
+        pids = _assert_running(stack, info)
+
+        _produce_and_consume(info.kafka_bootstrap)
+        assert _ping(info.redis_url)
+
+        # idempotent: same processes, same addresses
+        assert stack.up() == info
+        assert _assert_running(stack, info) == pids
+        # ports and pids are remembered: a stack object without port flags finds them
+        assert LocalStack(state).status()["kafka"]["pid"] == pids[0]
+
+        with pytest.raises(StackError, match="already runs Kafka"):
+            LocalStack(state, kafka_port=_free_port(), redis_port=redis_port).up()
+        with pytest.raises(StackError, match=rf"port {kafka_port} .*--kafka-port"):
+            LocalStack(tmp_path / "other", kafka_port=kafka_port, redis_port=_free_port()).up()
+
+        stack.stop_redis()
+        assert not stack.status()["redis"]["running"]
+        assert stack.status()["kafka"]["running"]
+        stack.start_redis()
+        assert _ping(info.redis_url)
+        assert stack.status()["redis"]["pid"] != pids[1]
+    finally:
+        stack.down()
+    status = stack.status()
+    assert not status["kafka"]["running"] and status["kafka"]["pid"] is None
+    assert not status["redis"]["running"] and status["redis"]["pid"] is None
+    stack.down()  # idempotent
