@@ -25,6 +25,7 @@ from bridge.dispatcher import Dispatcher, PublishError, TaskRequest
 from bridge.events import Observers
 from bridge.inflight import InFlightTable, Job
 from bridge.offsets import OffsetTracker
+from bridge.ordering import OrderingGate
 from bridge.payloads import DecodeError, build_call, kafka_headers
 from bridge.records import Record
 from bridge.results import Decoder, ResultWatcher, TaskEvent, read_events
@@ -82,6 +83,9 @@ class ConsumerLoop:
         self.tracker = OffsetTracker()
         self.jobs = InFlightTable()
         self._waiting: dict[TP, deque[Waiting]] = {}
+        #: partitions whose waiting records may be dispatchable (new records or freed room)
+        self._dirty: set[TP] = set()
+        self._gate = OrderingGate()
         self._paused: set[TP] = set()
         self._epochs = 0
         self._last_commit = 0.0
@@ -166,7 +170,8 @@ class ConsumerLoop:
         try:
             args, kwargs = build_call(route, record)
         except DecodeError as exc:
-            log.warning("cannot decode %s: %s", record.coordinates(), exc)
+            # per record: DEBUG only; the DLQ record and the counters carry it
+            log.debug("cannot decode %s: %s", record.coordinates(), exc)
             self._dead_letter(
                 record,
                 route,
@@ -196,6 +201,7 @@ class ConsumerLoop:
             label=f"<kafka {record.coordinates()}>",
         )
         self._waiting.setdefault(record.tp, deque()).append(Waiting(record, route, epoch, request))
+        self._dirty.add(record.tp)
 
     def _on_consume_error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._PARTITION_EOF:
@@ -220,22 +226,24 @@ class ConsumerLoop:
         )
 
     # == dispatch ========================================================================
-    def _room(self, tp: TP, route: Route) -> int:
+    def _room(self, tp: TP, route: Route, selected: int) -> int:
+        """How many more of ``tp``'s records may start, ``selected`` others already chosen."""
         per_partition = route.max_in_flight - self.jobs.count(tp)
-        total = self.settings.limits.max_in_flight_total - len(self.jobs)
+        total = self.settings.limits.max_in_flight_total - len(self.jobs) - selected
         return min(per_partition, total)
 
     def _dispatch_waiting(self) -> None:
-        if self.stopping or self._clock() < self._publish_backoff_until:
+        if self.stopping or self._clock() < self._publish_backoff_until or not self._dirty:
             return
         batch: list[Waiting] = []
-        for tp, waiting in self._waiting.items():
+        dirty, self._dirty = self._dirty, set()
+        for tp in dirty:
+            waiting = self._waiting.get(tp)
             if not waiting:
                 continue
-            room = min(self._room(tp, waiting[0].route), len(waiting))
-            batch.extend(waiting.popleft() for _ in range(max(0, room)))
-            if len(batch) >= self.settings.limits.max_in_flight_total:
-                break
+            route = waiting[0].route
+            room = self._room(tp, route, len(batch))
+            batch.extend(self._gate.select(route.ordering, tp, waiting, room, _key_of))
         if batch:
             self._send(batch)
 
@@ -256,13 +264,26 @@ class ConsumerLoop:
         except PublishError as exc:
             log.warning("%s; will retry", exc)
             self._publish_backoff_until = self._clock() + 1.0
-            for waiting in reversed(fresh):
-                self._waiting[waiting.record.tp].appendleft(waiting)
+            self._put_back(fresh)
             return
         now = self._clock()
         for waiting in fresh:
             self.jobs.add(self._job_of(waiting), now)
+            self._gate.started(waiting.record.tp, waiting.record.key)
             self._events.on_dispatched(waiting.record, waiting.route.task, False)
+
+    def _put_back(self, unsent: list[Waiting]) -> None:
+        """Return unsent records to their queues, in offset order, to be tried again."""
+        for tp in {w.record.tp for w in unsent}:
+            queue_ = self._waiting.get(tp)
+            if queue_ is None:
+                continue  # revoked meanwhile
+            merged = sorted(
+                [*queue_, *(w for w in unsent if w.record.tp == tp)], key=lambda w: w.record.offset
+            )
+            queue_.clear()
+            queue_.extend(merged)
+            self._dirty.add(tp)
 
     @staticmethod
     def _job_of(waiting: Waiting) -> Job:
@@ -305,9 +326,21 @@ class ConsumerLoop:
         self.jobs.extend(job, self._clock())
 
     def _on_final(self, event: TaskEvent) -> None:
-        job = self.jobs.pop(event.task_id)
+        job = self._release(event.task_id)
         if job is not None:  # else: a partition we no longer own, or a duplicate report
             self._conclude(job, event)
+
+    def _release(self, task_id: str) -> Job | None:
+        """Take a job out of flight; its partition (or all, if the total cap bound) may send."""
+        was_full = len(self.jobs) >= self.settings.limits.max_in_flight_total
+        job = self.jobs.pop(task_id)
+        if job is None:
+            return None
+        self._gate.finished(job.record.tp, job.record.key)
+        self._dirty.add(job.record.tp)
+        if was_full:
+            self._dirty.update(tp for tp, waiting in self._waiting.items() if waiting)
+        return job
 
     def _conclude(self, job: Job, event: TaskEvent) -> None:
         """The one place a final task state becomes a finished offset or a dead letter."""
@@ -344,7 +377,7 @@ class ConsumerLoop:
                 )
                 self._redispatch(job)
                 continue
-            self.jobs.pop(job.request.task_id)
+            self._release(job.request.task_id)
             self._watcher.unwatch(job.request.task_id)
             self._events.on_task_finished(job.record, job.route.task, "timeout", None)
             self._dead_letter(
@@ -488,7 +521,13 @@ class ConsumerLoop:
             self.tracker.revoke(tp)
             self._waiting.pop(tp, None)
             self._paused.discard(tp)
+            self._gate.forget(tp)
+            self._dirty.discard(tp)
         self._dlq.forget(tps)
+
+
+def _key_of(waiting: Waiting) -> bytes | None:
+    return waiting.record.key
 
 
 def _names(tps: list[TP]) -> str:

@@ -17,8 +17,8 @@ from typing import Any
 
 import redis
 import yaml
-from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from bridge.stack import StackInfo
 
@@ -94,9 +94,16 @@ class Kafka:
     def committed(self, group: str, topic: str, partitions: int) -> dict[int, int]:
         """Committed offsets of ``group`` (-1001 where nothing is committed)."""
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group})
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
         try:
-            tps = [TopicPartition(topic, p) for p in range(partitions)]
-            return {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=10)}
+            for attempt in range(30):  # the coordinator may still be loading after start
+                try:
+                    return {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=10)}
+                except KafkaException as exc:
+                    if attempt == 29 or not exc.args[0].retriable():
+                        raise
+                    time.sleep(0.5)
+            raise AssertionError("unreachable")
         finally:
             consumer.close()
 

@@ -1,0 +1,224 @@
+"""``ckb demo``: the whole path on this machine, with live progress.
+
+Starts (or reuses) the local stack, a Celery worker with the example tasks, a bridge in this
+process, and produces sample orders (a few malformed on purpose, to show the dead-letter
+topic). Ctrl-C stops everything it started.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bridge.logging_setup import configure_logging
+from bridge.service import Bridge, build_bridge
+from bridge.settings import Settings
+from bridge.stack import LocalStack, StackError, StackInfo
+
+DEMO_QUEUE = "ckb-demo"
+MALFORMED_EVERY = 100
+
+
+class DemoError(Exception):
+    """The demo could not run; the message says why and what to do."""
+
+
+@dataclass
+class DemoRun:
+    topic: str
+    group: str
+    records: int
+    malformed: int
+    config_path: Path
+
+
+def sample_order(n: int, rng: random.Random) -> bytes:
+    if n % MALFORMED_EVERY == MALFORMED_EVERY - 1:
+        return b"{this is not json"  # lands in the DLQ with reason decode_error
+    items = [
+        {
+            "sku": f"SKU-{rng.randint(1, 999):03d}",
+            "qty": rng.randint(1, 5),
+            "price": rng.randint(1, 99),
+        }
+        for _ in range(rng.randint(1, 4))
+    ]
+    return json.dumps({"id": n, "customer": f"c{rng.randint(1, 50)}", "items": items}).encode()
+
+
+def demo_settings(info: StackInfo, topic: str, group: str) -> Settings:
+    return Settings.model_validate(
+        {
+            "kafka": {"bootstrap_servers": info.kafka_bootstrap, "group_id": group},
+            "celery": {
+                "broker_url": f"{info.redis_url}/0",
+                "result_backend": f"{info.redis_url}/1",
+            },
+            "routes": [
+                {"topic": topic, "task": "tasks.examples.process_order", "queue": DEMO_QUEUE}
+            ],
+            "results": {"reconcile_interval": 2.0},
+            "metrics": {"enabled": False},
+        }
+    )
+
+
+def write_config(settings: Settings, state_dir: Path) -> Path:
+    import yaml
+
+    path = state_dir / "demo-bridge.yaml"
+    path.write_text(
+        yaml.safe_dump(settings.model_dump(mode="json", by_alias=True), sort_keys=False)
+    )
+    return path
+
+
+def start_worker(info: StackInfo, log_path: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "CKB_CELERY__BROKER_URL": f"{info.redis_url}/0",
+        "CKB_CELERY__RESULT_BACKEND": f"{info.redis_url}/1",
+    }
+    command = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", DEMO_QUEUE,
+               "-c", "4", "--loglevel", "WARNING", "-n", "ckb-demo@%h"]  # fmt: skip
+    with log_path.open("ab") as log:
+        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(30)
+
+
+def produce(bootstrap: str, topic: str, count: int, progress: Progress, task: object) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 10})
+    rng = random.Random(42)
+    for n in range(count):
+        while True:
+            try:
+                producer.produce(topic, sample_order(n, rng), key=f"c{n % 50}".encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if n % 200 == 0:
+            producer.poll(0)
+            progress.update(task, completed=n)  # type: ignore[arg-type]
+            time.sleep(0.02)  # a gentle stream rather than one burst
+    producer.flush(30)
+    progress.update(task, completed=count)  # type: ignore[arg-type]
+
+
+def watch(bridge: Bridge, thread: threading.Thread, run: DemoRun, console: Console) -> None:
+    totals = bridge.totals
+    columns = (TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=console) as progress:
+        produced = progress.add_task("produced", total=run.records)
+        dispatched = progress.add_task("dispatched", total=run.records - run.malformed)
+        succeeded = progress.add_task("succeeded", total=run.records - run.malformed)
+        dead = progress.add_task("dead-lettered", total=run.malformed)
+        committed = progress.add_task("committed", total=run.records)
+        feeder = threading.Thread(
+            target=produce,
+            args=(
+                bridge.settings.kafka.bootstrap_servers,
+                run.topic,
+                run.records,
+                progress,
+                produced,
+            ),
+            daemon=True,
+        )
+        feeder.start()
+        while True:
+            progress.update(dispatched, completed=totals.dispatched)
+            progress.update(succeeded, completed=totals.outcomes["success"])
+            progress.update(dead, completed=totals.dead_lettered)
+            done = sum(totals.committed.values())
+            progress.update(committed, completed=done)
+            if done >= run.records and not feeder.is_alive():
+                break
+            if not thread.is_alive():
+                raise DemoError("the bridge stopped unexpectedly; see the log lines above")
+            time.sleep(0.2)
+
+
+def summary(console: Console, run: DemoRun, bridge: Bridge, elapsed: float) -> None:
+    totals = bridge.totals
+    table = Table(title="demo summary", show_header=False)
+    table.add_row("records produced", str(run.records))
+    table.add_row("tasks succeeded", str(totals.outcomes["success"]))
+    table.add_row("dead-lettered (malformed on purpose)", str(totals.dead_lettered))
+    table.add_row("committed offsets (sum)", str(sum(totals.committed.values())))
+    table.add_row("time", f"{elapsed:.1f}s ({run.records / elapsed:.0f} records/s)")
+    console.print(table)
+    console.print(
+        "Where to look next:\n"
+        f"  ckb status -c {run.config_path}          # committed offset, end offset, lag\n"
+        f"  ckb check-config -c {run.config_path}    # the effective config\n"
+        f"  dead letters are on topic [bold]{run.topic}.dlq[/] (headers ckb.reason, ckb.error.*)\n"
+        "  README.md: configuration, commit semantics, failure model"
+    )
+
+
+def run_demo(
+    records: int,
+    partitions: int,
+    kafka_port: int,
+    redis_port: int,
+    state_dir: Path | None,
+    keep_stack: bool,
+) -> None:
+    console = Console()
+    configure_logging("WARNING")
+    stack = LocalStack(state_dir, kafka_port=kafka_port, redis_port=redis_port)
+    was_running = stack.status()["kafka"]["running"]
+    try:
+        info = stack.up(progress=lambda line: console.print(f"[dim]{line}[/]"))
+    except StackError as exc:
+        raise DemoError(str(exc)) from exc
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    topic, group = f"demo-orders-{stamp}", f"ckb-demo-{stamp}"
+    settings = demo_settings(info, topic, group)
+    run = DemoRun(topic, group, records, records // MALFORMED_EVERY,
+                  write_config(settings, info.state_dir))  # fmt: skip
+    worker = start_worker(info, info.state_dir / "demo-worker.log")
+    bridge: Bridge | None = None
+    thread: threading.Thread | None = None
+    try:
+        create_topic(info.kafka_bootstrap, topic, partitions)
+        bridge = build_bridge(settings)
+        thread = threading.Thread(target=bridge.run, name="ckb-bridge", daemon=True)
+        thread.start()
+        started = time.monotonic()
+        console.print(f"bridge: topic [bold]{topic}[/] → tasks.examples.process_order "
+                      f"(worker log: {info.state_dir / 'demo-worker.log'})")  # fmt: skip
+        watch(bridge, thread, run, console)
+        summary(console, run, bridge, time.monotonic() - started)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: stopping what the demo started[/]")
+    finally:
+        if bridge is not None and thread is not None:
+            bridge.stop()
+            thread.join(60)
+        worker.terminate()
+        worker.wait(30)
+        bridge = None
+        gc.collect()  # closes the bridge's Kafka clients before their broker goes away
+        if not (keep_stack or was_running):
+            stack.down()
+            console.print("[dim]local stack stopped (use --keep-stack to leave it running)[/]")
