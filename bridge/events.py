@@ -22,6 +22,19 @@ TP = tuple[str, int]
 OUTCOMES = ("success", "failure", "revoked", "timeout")
 
 
+@dataclass(frozen=True, slots=True)
+class PartitionState:
+    """One partition as the loop sees it, sampled on the loop's thread about once a second."""
+
+    topic: str
+    partition: int
+    open_records: int  # consumed, not finished (waiting + in flight + dead letter pending)
+    in_flight: int  # tasks sent and not final
+    committed: int | None
+    oldest_open_age: float | None  # seconds since the commit-blocking record was consumed
+    paused: bool
+
+
 class Observer(Protocol):
     def on_consumed(self, record: Record) -> None: ...
     def on_dispatched(self, record: Record, task: str, redispatch: bool) -> None: ...
@@ -32,6 +45,7 @@ class Observer(Protocol):
     def on_committed(self, tp: TP, offset: int) -> None: ...
     def on_rebalance(self, event: str, tps: list[TP]) -> None: ...
     def on_paused(self, paused: int) -> None: ...
+    def on_snapshot(self, partitions: list[PartitionState]) -> None: ...
 
 
 class BaseObserver:
@@ -58,6 +72,9 @@ class BaseObserver:
         pass
 
     def on_paused(self, paused: int) -> None:
+        pass
+
+    def on_snapshot(self, partitions: list[PartitionState]) -> None:
         pass
 
 
@@ -99,6 +116,9 @@ class Observers(BaseObserver):
 
     def on_paused(self, paused: int) -> None:
         self._each("on_paused", paused)
+
+    def on_snapshot(self, partitions: list[PartitionState]) -> None:
+        self._each("on_snapshot", partitions)
 
 
 @dataclass

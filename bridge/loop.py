@@ -22,7 +22,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from bridge.dead_letters import DeadLetterWriter, Failure
 from bridge.dispatcher import Dispatcher, PublishError, TaskRequest
-from bridge.events import Observers
+from bridge.events import Observers, PartitionState
 from bridge.inflight import InFlightTable, Job
 from bridge.offsets import OffsetTracker
 from bridge.ordering import OrderingGate
@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 TP = tuple[str, int]
 
 #: task states and the DLQ reason / ``outcome`` label each final one maps to
+#: seconds between partition snapshots handed to observers
+SNAPSHOT_INTERVAL = 1.0
+
 FAILED_STATES = {"FAILURE": ("task_failed", "failure"), "REVOKED": ("task_revoked", "revoked")}
 
 
@@ -94,6 +97,7 @@ class ConsumerLoop:
         #: set by a second stop signal: do not wait for running tasks any longer
         self.hurry = False
         self.last_iteration = clock()
+        self._next_snapshot = 0.0
 
     # == lifecycle ======================================================================
     def subscribe(self) -> None:
@@ -128,6 +132,28 @@ class ConsumerLoop:
         self._commit_if_due()
         self._update_pauses()
         self.last_iteration = self._clock()
+        if self.last_iteration >= self._next_snapshot:
+            self._next_snapshot = self.last_iteration + SNAPSHOT_INTERVAL
+            self._events.on_snapshot(self.snapshot())
+
+    def snapshot(self) -> list[PartitionState]:
+        """Per-partition state for observers (metrics, status); call on the loop's thread."""
+        now = self._clock()
+        states = []
+        for tp in self.tracker.partitions():
+            since = self.tracker.oldest_open_since(tp)
+            states.append(
+                PartitionState(
+                    topic=tp[0],
+                    partition=tp[1],
+                    open_records=self.tracker.open_count(tp),
+                    in_flight=self.jobs.count(tp),
+                    committed=self.tracker.committed(tp),
+                    oldest_open_age=None if since is None else now - since,
+                    paused=tp in self._paused,
+                )
+            )
+        return states
 
     def shutdown(self) -> None:
         """Stop fetching, wait up to ``shutdown_grace`` for in-flight tasks, commit, close."""

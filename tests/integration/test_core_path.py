@@ -161,7 +161,7 @@ def test_worker_module_does_not_import_bridge(stack: StackInfo) -> None:
         "assert not any(m == 'bridge' or m.startswith('bridge.') for m in sys.modules), "
         "'worker imported bridge'"
     )
-    result = subprocess.run(  # noqa: S603 - fixed command line
+    result = subprocess.run(
         [sys.executable, "-c", code],
         cwd=REPO,
         env={**worker_env(stack), "PYTHONPATH": str(REPO)},

@@ -35,12 +35,37 @@ def executions_key(topic: str) -> str:
     return f"ckb-it:exec:{topic}"
 
 
+class PlannedFailure(Exception):
+    """Raised on purpose by ``it.record`` when the payload asks for it."""
+
+
+#: Redis key that, while it exists, makes ``mode: broken_until_fixed`` records fail
+BROKEN_KEY = "ckb-it:broken"
+
+
+def _maybe_fail(task: Any, payload: dict[str, Any]) -> None:
+    """Failure modes a test asks for in the payload's ``mode``.
+
+    - ``always_fail``: raise every time (after Celery's retries the task ends FAILURE);
+    - ``fail_once``: the first run retries itself once (Celery RETRY), the second succeeds;
+    - ``broken_until_fixed``: fail while the Redis key ``ckb-it:broken`` exists.
+    """
+    mode = payload.get("mode")
+    if mode == "always_fail":
+        raise PlannedFailure(f"record {payload.get('n')} always fails")
+    if mode == "fail_once" and task.request.retries == 0:
+        raise task.retry(exc=PlannedFailure("first attempt fails"), countdown=0.05, max_retries=3)
+    if mode == "broken_until_fixed" and _recorder.exists(BROKEN_KEY):
+        raise PlannedFailure("the task is broken until the test fixes it")
+
+
 @app.task(bind=True, name="it.record")
 def record(self: Any, payload: Any) -> str:
-    """Sleep ``payload['sleep_ms']``, then append one execution line for the record."""
+    """Sleep ``payload['sleep_ms']``, fail as ``payload['mode']`` asks, else record the run."""
     started = time.time()
     if isinstance(payload, dict):
         time.sleep(float(payload.get("sleep_ms", 0)) / 1000.0)
+        _maybe_fail(self, payload)
     headers = {name: getattr(self.request, name, None) for name in HEADERS}
     line = {
         "task_id": self.request.id,
