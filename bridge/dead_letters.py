@@ -76,6 +76,8 @@ class _Pending:
     topic: str
     failure: Failure
     on_done: Callable[[], None]
+    #: False once the record's partition moved away: a failed write is then not retried
+    wanted: Callable[[], bool]
     attempt: int = 0
 
 
@@ -91,9 +93,15 @@ class DeadLetterWriter:
         self.in_flight = 0
 
     def send(
-        self, record: Record, topic: str, failure: Failure, on_done: Callable[[], None]
+        self,
+        record: Record,
+        topic: str,
+        failure: Failure,
+        on_done: Callable[[], None],
+        wanted: Callable[[], bool] = lambda: True,
     ) -> None:
-        self._produce(_Pending(record, topic, failure, on_done))
+        """Dead-letter ``record``; ``on_done`` runs once Kafka acknowledged the write."""
+        self._produce(_Pending(record, topic, failure, on_done, wanted))
 
     def _produce(self, item: _Pending) -> None:
         headers = dlq_headers(item.record, item.failure, self._group, datetime.now(UTC))
@@ -120,6 +128,8 @@ class DeadLetterWriter:
         self.in_flight += 1
 
     def _schedule_retry(self, item: _Pending, error: object) -> None:
+        if not item.wanted():
+            return  # the partition has a new owner, who dead-letters it again if needed
         self._outage.failed(error if isinstance(error, BaseException) else RuntimeError(error))
         item.attempt += 1
         delay = min(self._retry_max, 0.5 * 2 ** min(item.attempt, 10))

@@ -82,13 +82,13 @@ class InFlightTable:
 
     def expired(self, now: float) -> list[Job]:
         """Jobs whose deadline passed; each is returned once per deadline."""
-        due: list[Job] = []
+        due: dict[str, Job] = {}  # a job re-armed twice at one instant has two equal entries
         while self._deadlines and self._deadlines[0][0] <= now:
             deadline, _, task_id = heapq.heappop(self._deadlines)
             job = self._jobs.get(task_id)
             if job is not None and job.deadline == deadline:
-                due.append(job)
-        return due
+                due[task_id] = job
+        return list(due.values())
 
     def drop_partitions(self, tps: set[TP]) -> list[Job]:
         """Forget every job of ``tps`` (their heap entries expire lazily)."""

@@ -445,7 +445,7 @@ class ConsumerLoop:
             self._events.on_dead_lettered(record, failure.reason)
             self._finish_offset(record, epoch)
 
-        self._dlq.send(record, topic, failure, written)
+        self._dlq.send(record, topic, failure, written, lambda: self.tracker.owns(record.tp, epoch))
 
     def _finish_offset(self, record: Record, epoch: int) -> None:
         self.tracker.finish(record.tp, record.offset, epoch)

@@ -6,8 +6,11 @@ import re
 from typing import Any
 
 MASK = "****"
-_SECRET_KEY = re.compile(r"(password|secret|token|credential|\.key$|^key$|jaas)", re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@]*):(?P<pw>[^@/]+)@")
+_SECRET_KEY = re.compile(
+    r"(password|secret|token|credential|\.key$|^key$|key\.pem$|private|jaas)", re.IGNORECASE
+)
+# the password runs to the LAST "@" of the authority, as redis-py and urllib parse it
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@]*):(?P<pw>[^/]+)@")
 
 
 def mask_url(url: str) -> str:

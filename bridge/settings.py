@@ -166,9 +166,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _unique_exact_topics(self) -> Settings:
         seen: set[str] = set()
-        for route in self.routes:
+        for index, route in enumerate(self.routes):
             if not route.is_pattern and route.topic in seen:
-                raise ValueError(f"two routes for topic {route.topic!r}: keep one")
+                raise ValueError(
+                    f"routes.{index}.topic: a second route for topic {route.topic!r}; keep one"
+                )
             seen.add(route.topic)
         return self
 

@@ -173,16 +173,23 @@ def start_worker(
     log_dir: Path,
     concurrency: int = 4,
     app: str = "tests.integration.worker_app",
+    pool: str = "prefork",
+    env: dict[str, str] | None = None,
 ) -> Worker:
+    """A real ``celery worker`` process; ``env`` adds to (or overrides) :func:`worker_env`."""
     log_path = log_dir / f"worker-{queue}.log"
     command = [
-        sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue,
+        sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue, "-P", pool,
         "-c", str(concurrency), "--loglevel", "WARNING", "-n", f"{queue}@%h",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            command, cwd=REPO, env=worker_env(stack), stdout=log, stderr=subprocess.STDOUT
+            command,
+            cwd=REPO,
+            env={**worker_env(stack), **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     worker = Worker(process, log_path)
     from celery import Celery

@@ -1,0 +1,405 @@
+"""Dead letters: contract headers, and done only after Kafka acknowledged (semantics 1, 7, 8)."""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from bridge import dead_letters
+from bridge.dead_letters import (
+    MAX_MESSAGE_BYTES,
+    MAX_TRACEBACK_BYTES,
+    DeadLetterWriter,
+    Failure,
+    dlq_headers,
+)
+from bridge.records import Record
+
+CONTRACT_HEADERS = [
+    "ckb.reason",
+    "ckb.original.topic",
+    "ckb.original.partition",
+    "ckb.original.offset",
+    "ckb.original.timestamp",
+    "ckb.group",
+    "ckb.task.name",
+    "ckb.task.id",
+    "ckb.attempts",
+    "ckb.error.class",
+    "ckb.error.message",
+    "ckb.error.traceback",
+    "ckb.failed.at",
+]
+
+NOW = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+
+
+def make_record(
+    partition: int = 2,
+    offset: int = 17,
+    headers: tuple[tuple[str, bytes | None], ...] = (),
+    value: bytes | None = b"\x00\xffraw value",
+    key: bytes | None = b"\xfekey",
+) -> Record:
+    return Record(
+        topic="orders",
+        partition=partition,
+        offset=offset,
+        key=key,
+        value=value,
+        headers=headers,
+        timestamp_ms=1_700_000_000_321,
+    )
+
+
+FAILURE = Failure(
+    reason="task_failed",
+    task_name="tasks.examples.process_order",
+    task_id="0b4c7a1e-0000-5000-8000-000000000001",
+    attempts=3,
+    error_class="ValueError",
+    error_message="bad order",
+    traceback="Traceback (most recent call last):\nValueError: bad order\n",
+)
+
+
+def header_map(headers: list[tuple[str, bytes | None]]) -> dict[str, bytes | None]:
+    return dict(headers)
+
+
+# -- headers ----------------------------------------------------------------------------
+
+
+def test_all_contract_headers_present_as_utf8_bytes() -> None:
+    headers = dlq_headers(make_record(), FAILURE, "orders-bridge", NOW)
+    names = [name for name, _ in headers]
+    assert names == CONTRACT_HEADERS  # no original headers: exactly the contract, in order
+    values = header_map(headers)
+    for name in CONTRACT_HEADERS:
+        value = values[name]
+        assert isinstance(value, bytes)
+        value.decode("utf-8")
+    assert values == {
+        "ckb.reason": b"task_failed",
+        "ckb.original.topic": b"orders",
+        "ckb.original.partition": b"2",
+        "ckb.original.offset": b"17",
+        "ckb.original.timestamp": b"1700000000321",
+        "ckb.group": b"orders-bridge",
+        "ckb.task.name": b"tasks.examples.process_order",
+        "ckb.task.id": b"0b4c7a1e-0000-5000-8000-000000000001",
+        "ckb.attempts": b"3",
+        "ckb.error.class": b"ValueError",
+        "ckb.error.message": b"bad order",
+        "ckb.error.traceback": FAILURE.traceback.encode(),
+        "ckb.failed.at": values["ckb.failed.at"],
+    }
+
+
+@pytest.mark.parametrize("reason", dead_letters.REASONS)
+def test_every_reason_is_written_as_is(reason: str) -> None:
+    failure = Failure(reason=reason)
+    values = header_map(dlq_headers(make_record(), failure, "g", NOW))
+    assert values["ckb.reason"] == reason.encode()
+    # decode/route errors have no task: empty strings, still present
+    assert values["ckb.task.name"] == b""
+    assert values["ckb.attempts"] == b"0"
+
+
+def test_non_ascii_text_is_utf8() -> None:
+    failure = Failure(reason="task_failed", error_message="prix non valide: 12 €")
+    values = header_map(dlq_headers(make_record(), failure, "gruppe-ä", NOW))
+    assert values["ckb.error.message"] == "prix non valide: 12 €".encode()
+    assert values["ckb.group"] == "gruppe-ä".encode()
+
+
+def test_original_headers_kept_byte_for_byte_and_first() -> None:
+    original: tuple[tuple[str, bytes | None], ...] = (
+        ("traceparent", b"00-abc-01"),
+        ("binary", b"\x00\xff\xfe"),
+        ("empty", None),
+        ("traceparent", b"duplicate names are legal"),
+        ("zero", b""),
+    )
+    headers = dlq_headers(make_record(headers=original), FAILURE, "g", NOW)
+    assert headers[: len(original)] == list(original)
+    assert [name for name, _ in headers[len(original) :]] == CONTRACT_HEADERS
+
+
+def test_existing_ckb_headers_replaced_not_duplicated() -> None:
+    original: tuple[tuple[str, bytes | None], ...] = (
+        ("ckb.reason", b"no_route"),
+        ("keep", b"1"),
+        ("ckb.attempts", b"99"),
+        ("ckb.custom.from.earlier.hop", b"x"),
+    )
+    headers = dlq_headers(make_record(headers=original), FAILURE, "g", NOW)
+    names = [name for name, _ in headers]
+    assert names.count("ckb.reason") == 1
+    assert names.count("ckb.attempts") == 1
+    assert "ckb.custom.from.earlier.hop" not in names
+    values = header_map(headers)
+    assert values["ckb.reason"] == b"task_failed"
+    assert values["ckb.attempts"] == b"3"
+    assert headers[0] == ("keep", b"1")
+
+
+def test_traceback_and_message_are_bounded() -> None:
+    failure = Failure(
+        reason="task_failed",
+        error_message="é" * 10_000,
+        traceback="Traceback line ✓\n" * 5_000,
+    )
+    values = header_map(dlq_headers(make_record(), failure, "g", NOW))
+    traceback = values["ckb.error.traceback"]
+    message = values["ckb.error.message"]
+    assert traceback is not None
+    assert message is not None
+    assert len(traceback) <= MAX_TRACEBACK_BYTES == 8192
+    assert len(message) <= MAX_MESSAGE_BYTES
+    # still valid UTF-8 (no multi-byte character cut in half), and says it was cut
+    assert traceback.decode("utf-8").startswith("Traceback line ✓\n")
+    assert message.decode("utf-8").endswith("[truncated]")
+    assert traceback.decode("utf-8").endswith("[truncated]")
+    # substantial part kept
+    assert len(traceback) > MAX_TRACEBACK_BYTES - 100
+
+
+def test_short_texts_are_not_marked_truncated() -> None:
+    failure = Failure(reason="task_failed", error_message="x" * MAX_MESSAGE_BYTES)
+    values = header_map(dlq_headers(make_record(), failure, "g", NOW))
+    assert values["ckb.error.message"] == b"x" * MAX_MESSAGE_BYTES
+
+
+def test_failed_at_is_iso8601_utc() -> None:
+    local = datetime(2024, 5, 6, 9, 8, 9, 123456, tzinfo=timezone(timedelta(hours=2)))
+    value = header_map(dlq_headers(make_record(), FAILURE, "g", local))["ckb.failed.at"]
+    assert value is not None
+    text = value.decode()
+    parsed = datetime.fromisoformat(text)
+    assert parsed.utcoffset() == timedelta(0)
+    assert parsed == local.replace(microsecond=123_000)  # millisecond precision
+    assert text.startswith("2024-05-06T07:08:09.123")
+    assert text.endswith(("+00:00", "Z"))
+
+
+# -- writer -----------------------------------------------------------------------------
+
+
+class FakeProducer:
+    """confluent-kafka Producer stand-in: delivery reports are served by poll()/flush()."""
+
+    def __init__(self) -> None:
+        self.produced: list[dict[str, Any]] = []
+        self.reports: list[tuple[Callable[[Any, Any], None], dict[str, Any]]] = []
+        self.fail_next_deliveries: list[object] = []  # errors for the next delivery reports
+        self.raise_on_produce: list[BaseException] = []
+        self.polls: list[float] = []
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes | None]] | None = None,
+        on_delivery: Callable[[Any, Any], None] | None = None,
+    ) -> None:
+        if self.raise_on_produce:
+            raise self.raise_on_produce.pop(0)
+        message = {"topic": topic, "value": value, "key": key, "headers": headers}
+        self.produced.append(message)
+        assert on_delivery is not None
+        self.reports.append((on_delivery, message))
+
+    def poll(self, timeout: float) -> int:
+        self.polls.append(timeout)
+        served = 0
+        while self.reports:
+            callback, message = self.reports.pop(0)
+            error = self.fail_next_deliveries.pop(0) if self.fail_next_deliveries else None
+            callback(error, message)
+            served += 1
+        return served
+
+    def flush(self, timeout: float) -> int:
+        self.poll(timeout)
+        return len(self.reports)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(dead_letters, "time", types.SimpleNamespace(monotonic=fake.monotonic))
+    return fake
+
+
+class Done:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+
+
+def test_on_done_only_after_successful_delivery_report(clock: Clock) -> None:
+    producer = FakeProducer()
+    writer = DeadLetterWriter(producer, group="orders-bridge")
+    done = Done()
+    record = make_record(headers=(("h", b"v"),))
+    writer.send(record, "orders.dlq", FAILURE, done)
+    assert done.calls == 0  # produced is not acknowledged
+    assert writer.pending == 1
+    assert len(producer.produced) == 1
+    message = producer.produced[0]
+    assert message["topic"] == "orders.dlq"
+    assert message["value"] == record.value
+    assert message["key"] == record.key
+    assert message["headers"][0] == ("h", b"v")
+    assert header_map(message["headers"])["ckb.group"] == b"orders-bridge"
+    writer.poll()
+    assert done.calls == 1
+    assert writer.pending == 0
+    writer.poll()
+    assert done.calls == 1
+
+
+def test_delivery_error_retries_after_backoff_without_on_done(clock: Clock) -> None:
+    producer = FakeProducer()
+    producer.fail_next_deliveries = ["_MSG_TIMED_OUT", "_MSG_TIMED_OUT"]
+    writer = DeadLetterWriter(producer, group="g", retry_max=30.0)
+    done = Done()
+    writer.send(make_record(), "orders.dlq", FAILURE, done)
+    writer.poll()  # first delivery report: error -> retry in 1 s
+    assert done.calls == 0
+    assert writer.pending == 1
+    assert len(producer.produced) == 1
+    clock.now += 0.9
+    writer.poll()  # backoff not over yet
+    assert len(producer.produced) == 1
+    clock.now += 0.2
+    writer.poll()  # re-produced
+    assert len(producer.produced) == 2
+    assert done.calls == 0
+    assert writer.pending == 1
+    writer.poll()  # its delivery report: error again -> retry in 2 s (backoff grew)
+    assert done.calls == 0
+    assert writer.pending == 1
+    clock.now += 1.9
+    writer.poll()
+    assert len(producer.produced) == 2
+    clock.now += 0.2
+    writer.poll()  # re-produced; in flight until the next poll serves its report
+    assert len(producer.produced) == 3
+    assert done.calls == 0
+    assert writer.pending == 1
+    writer.poll()
+    assert done.calls == 1
+    assert writer.pending == 0
+    # the same record went out each time
+    assert {m["value"] for m in producer.produced} == {make_record().value}
+    assert {m["key"] for m in producer.produced} == {make_record().key}
+
+
+def test_backoff_is_capped_by_retry_max(clock: Clock) -> None:
+    producer = FakeProducer()
+    producer.fail_next_deliveries = ["err"] * 20
+    writer = DeadLetterWriter(producer, group="g", retry_max=2.0)
+    writer.send(make_record(), "orders.dlq", FAILURE, Done())
+    for attempt in range(2, 14):
+        writer.poll()  # serves the failed report, schedules the retry
+        clock.now += 2.0  # uncapped, the 12th backoff would be 0.5 * 2**10 s
+        writer.poll()
+        assert len(producer.produced) == attempt
+    assert writer.pending == 1
+
+
+def test_buffer_error_on_produce_is_retried_not_lost(clock: Clock) -> None:
+    producer = FakeProducer()
+    producer.raise_on_produce = [BufferError("Local: Queue full")]
+    writer = DeadLetterWriter(producer, group="g")
+    done = Done()
+    writer.send(make_record(), "orders.dlq", FAILURE, done)  # must not raise
+    assert producer.produced == []
+    assert writer.pending == 1
+    assert writer.in_flight == 0
+    writer.poll()
+    assert producer.produced == []  # waiting for backoff
+    clock.now += 60
+    writer.poll()
+    assert len(producer.produced) == 1
+    assert done.calls == 0
+    writer.poll()
+    assert done.calls == 1
+    assert writer.pending == 0
+
+
+def test_other_produce_exception_is_retried(clock: Clock) -> None:
+    producer = FakeProducer()
+    producer.raise_on_produce = [RuntimeError("unknown topic"), RuntimeError("unknown topic")]
+    writer = DeadLetterWriter(producer, group="g")
+    done = Done()
+    writer.send(make_record(), "orders.dlq", FAILURE, done)
+    for _ in range(3):
+        clock.now += 60
+        writer.poll()
+    writer.poll()
+    assert len(producer.produced) == 1
+    assert done.calls == 1
+
+
+def test_pending_counts_in_flight_and_waiting(clock: Clock) -> None:
+    producer = FakeProducer()
+    writer = DeadLetterWriter(producer, group="g")
+    for offset in range(3):
+        writer.send(make_record(offset=offset), "orders.dlq", FAILURE, Done())
+    producer.raise_on_produce = [BufferError("full")]
+    writer.send(make_record(offset=3), "orders.dlq", FAILURE, Done())
+    assert writer.in_flight == 3
+    assert writer.pending == 4
+    producer.fail_next_deliveries = ["err"]
+    writer.poll()
+    assert writer.in_flight == 0
+    assert writer.pending == 2  # one failed delivery and one failed produce wait for retry
+
+
+def test_forget_drops_retries_of_given_partitions(clock: Clock) -> None:
+    producer = FakeProducer()
+    writer = DeadLetterWriter(producer, group="g")
+    done = {partition: Done() for partition in (0, 1, 2)}
+    for partition in (0, 1, 2):
+        writer.send(make_record(partition=partition), "orders.dlq", FAILURE, done[partition])
+    producer.fail_next_deliveries = ["err", "err", "err"]
+    writer.poll()
+    assert writer.pending == 3
+    writer.forget({("orders", 0), ("orders", 2), ("payments", 1)})
+    assert writer.pending == 1
+    clock.now += 60
+    writer.poll()
+    writer.poll()
+    assert [m["headers"][2] for m in producer.produced[3:]] == [("ckb.original.partition", b"1")]
+    assert (done[0].calls, done[1].calls, done[2].calls) == (0, 1, 0)
+    assert writer.pending == 0
+
+
+def test_flush_reports_unacknowledged_including_retries(clock: Clock) -> None:
+    producer = FakeProducer()
+    writer = DeadLetterWriter(producer, group="g")
+    done = Done()
+    writer.send(make_record(offset=1), "orders.dlq", FAILURE, done)
+    assert writer.flush(1.0) == 0
+    assert done.calls == 1
+    producer.fail_next_deliveries = ["err"]
+    writer.send(make_record(offset=2), "orders.dlq", FAILURE, Done())
+    assert writer.flush(1.0) == 1  # the failed one waits for a retry

@@ -1,0 +1,130 @@
+"""librdkafka configuration: the bridge owns commits; the DLQ producer is idempotent."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge.kafka_clients import client_id, consumer_config, producer_config
+from bridge.settings import CLASSIC_ONLY, KafkaSettings
+
+SECURITY: dict[str, str | int | float | bool] = {
+    "security.protocol": "SASL_SSL",
+    "sasl.mechanism": "SCRAM-SHA-512",
+    "sasl.username": "bridge",
+    "sasl.password": "pw",
+    "ssl.ca.location": "/etc/ssl/ca.pem",
+}
+
+
+def test_consumer_defaults() -> None:
+    config = consumer_config(KafkaSettings(bootstrap_servers="b:9092", group_id="g"))
+    assert config["bootstrap.servers"] == "b:9092"
+    assert config["group.id"] == "g"
+    assert config["partition.assignment.strategy"] == "cooperative-sticky"
+    assert config["enable.auto.commit"] is False
+    assert config["enable.auto.offset.store"] is False
+    assert config["auto.offset.reset"] == "earliest"
+    assert config["client.id"] == client_id("consumer")
+    assert config["client.id"].startswith("ckb-consumer-")
+
+
+def test_consumer_passes_user_properties_through() -> None:
+    kafka = KafkaSettings(
+        consumer={**SECURITY, "fetch.min.bytes": 1024, "auto.offset.reset": "latest"}
+    )
+    config = consumer_config(kafka)
+    for name, value in SECURITY.items():
+        assert config[name] == value
+    assert config["fetch.min.bytes"] == 1024
+    assert config["auto.offset.reset"] == "latest"
+
+
+def test_consumer_forces_manual_commits_even_if_user_set_otherwise() -> None:
+    # validation rejects these; model_construct bypasses it to prove the config wins anyway
+    kafka = KafkaSettings.model_construct(
+        bootstrap_servers="b:9092",
+        group_id="g",
+        consumer={"enable.auto.commit": True, "enable.auto.offset.store": True},
+        producer={},
+    )
+    config = consumer_config(kafka)
+    assert config["enable.auto.commit"] is False
+    assert config["enable.auto.offset.store"] is False
+
+
+def test_user_may_choose_another_classic_strategy() -> None:
+    config = consumer_config(KafkaSettings(consumer={"partition.assignment.strategy": "range"}))
+    assert config["partition.assignment.strategy"] == "range"
+
+
+def test_kip848_drops_classic_only_keys() -> None:
+    kafka = KafkaSettings(consumer={"group.protocol": "consumer", **SECURITY})
+    assert kafka.uses_kip848
+    config = consumer_config(kafka)
+    assert config["group.protocol"] == "consumer"
+    for name in ("partition.assignment.strategy", "session.timeout.ms", "heartbeat.interval.ms"):
+        assert name not in config
+    assert config["enable.auto.commit"] is False
+    assert config["sasl.username"] == "bridge"
+
+
+def test_kip848_drops_classic_keys_even_when_validation_was_bypassed() -> None:
+    kafka = KafkaSettings.model_construct(
+        bootstrap_servers="b:9092",
+        group_id="g",
+        consumer={"group.protocol": "consumer", "session.timeout.ms": 45000},
+        producer={},
+    )
+    config = consumer_config(kafka)
+    assert not set(CLASSIC_ONLY) & set(config)
+
+
+def test_classic_protocol_explicitly_keeps_strategy() -> None:
+    config = consumer_config(KafkaSettings(consumer={"group.protocol": "classic"}))
+    assert config["partition.assignment.strategy"] == "cooperative-sticky"
+
+
+def test_producer_is_idempotent_with_acks_all() -> None:
+    config = producer_config(KafkaSettings(bootstrap_servers="b:9092"))
+    assert config["enable.idempotence"] is True
+    assert config["acks"] == "all"
+    assert config["bootstrap.servers"] == "b:9092"
+    assert config["client.id"].startswith("ckb-dlq-")
+    assert "group.id" not in config
+    assert "enable.auto.commit" not in config
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"acks": "1"},
+        {"acks": 0},
+        {"enable.idempotence": False},
+        {"acks": "1", "enable.idempotence": "false"},
+    ],
+)
+def test_producer_forces_durability_over_user_values(override: dict[str, object]) -> None:
+    config = producer_config(KafkaSettings(producer=override))  # type: ignore[arg-type]
+    assert config["enable.idempotence"] is True
+    assert config["acks"] == "all"
+
+
+def test_producer_inherits_security_from_consumer_only() -> None:
+    kafka = KafkaSettings(
+        consumer={**SECURITY, "fetch.min.bytes": 1024, "group.protocol": "consumer"}
+    )
+    config = producer_config(kafka)
+    for name, value in SECURITY.items():
+        assert config[name] == value
+    assert "fetch.min.bytes" not in config
+    assert "group.protocol" not in config
+
+
+def test_producer_own_security_wins_over_inherited() -> None:
+    kafka = KafkaSettings(
+        consumer=SECURITY, producer={"sasl.username": "dlq-writer", "linger.ms": 50}
+    )
+    config = producer_config(kafka)
+    assert config["sasl.username"] == "dlq-writer"
+    assert config["sasl.password"] == "pw"
+    assert config["linger.ms"] == 50

@@ -1,0 +1,328 @@
+"""Settings: YAML + CKB_ environment, and config errors that name the field."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bridge.settings import ConfigError, Route, Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+GOOD_YAML = """\
+kafka:
+  bootstrap_servers: 10.0.0.1:9092
+  group_id: orders-bridge
+  consumer:
+    security.protocol: SASL_SSL
+    sasl.mechanism: PLAIN
+    fetch.min.bytes: 1024
+  producer:
+    linger.ms: 10
+celery:
+  broker_url: redis://127.0.0.1:6379/0
+  result_backend: redis://127.0.0.1:6379/1
+routes:
+  - topic: orders
+    task: tasks.examples.process_order
+    queue: orders
+    call: kwargs
+    payload: json
+    ordering: key
+    max_in_flight: 50
+    task_timeout: 30
+    max_redispatch: 1
+    dlq_topic: orders.failed
+  - topic: ^audit\\..*
+    task: tasks.examples.audit
+    payload: text
+unrouted: skip
+dedupe_generation: 3
+limits: {max_in_flight_total: 500, revoke_grace: 5, shutdown_grace: 7}
+metrics: {host: 127.0.0.1, port: 9200}
+logging: {level: DEBUG, json: true}
+"""
+
+MINIMAL_ROUTES = """\
+routes:
+  - topic: orders
+    task: tasks.examples.process_order
+"""
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("CKB_"):
+            monkeypatch.delenv(name)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bridge.yaml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def config_error(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text))
+    return str(info.value)
+
+
+def test_good_yaml_loads_every_section(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, GOOD_YAML))
+    assert settings.kafka.bootstrap_servers == "10.0.0.1:9092"
+    assert settings.kafka.group_id == "orders-bridge"
+    assert settings.kafka.consumer == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "PLAIN",
+        "fetch.min.bytes": 1024,
+    }
+    assert settings.kafka.producer == {"linger.ms": 10}
+    assert not settings.kafka.uses_kip848
+    orders, audit = settings.routes
+    assert (orders.topic, orders.task, orders.queue) == (
+        "orders",
+        "tasks.examples.process_order",
+        "orders",
+    )
+    assert (orders.call, orders.payload, orders.ordering) == ("kwargs", "json", "key")
+    assert (orders.max_in_flight, orders.task_timeout, orders.max_redispatch) == (50, 30.0, 1)
+    assert orders.dlq_for("orders") == "orders.failed"
+    assert not orders.is_pattern
+    assert audit.is_pattern
+    assert audit.topic == "^audit\\..*"
+    assert audit.payload == "text"
+    assert audit.call == "arg"  # defaults
+    assert audit.dlq_for("audit.eu") == "audit.eu.dlq"
+    assert settings.unrouted == "skip"
+    assert settings.dedupe_generation == 3
+    assert settings.limits.max_in_flight_total == 500
+    assert settings.limits.revoke_grace == 5
+    assert settings.limits.shutdown_grace == 7
+    assert (settings.metrics.host, settings.metrics.port) == ("127.0.0.1", 9200)
+    assert settings.logging.level == "DEBUG"
+    assert settings.logging.json_format is True
+
+
+def test_defaults_of_a_minimal_file(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, MINIMAL_ROUTES))
+    route = settings.routes[0]
+    assert (route.call, route.payload, route.ordering) == ("arg", "json", "unordered")
+    assert (route.max_in_flight, route.task_timeout, route.max_redispatch) == (1000, 300.0, 2)
+    assert route.queue is None
+    assert settings.unrouted == "dlq"
+    assert settings.dedupe_generation == 0
+    assert settings.celery.result_backend.startswith("redis://")
+
+
+def test_real_example_config_loads() -> None:
+    example = REPO / "config" / "bridge.yaml"
+    if not example.exists():
+        pytest.skip("config/bridge.yaml not written yet")
+    settings = load_settings(example)
+    assert settings.routes
+    assert all(route.task for route in settings.routes)
+
+
+def test_environment_overrides_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CKB_KAFKA__BOOTSTRAP_SERVERS", "broker.example:9093")
+    monkeypatch.setenv("CKB_LIMITS__REVOKE_GRACE", "2.5")
+    settings = load_settings(write(tmp_path, GOOD_YAML))
+    assert settings.kafka.bootstrap_servers == "broker.example:9093"
+    assert settings.limits.revoke_grace == 2.5
+    # the rest of the same sections still comes from the file
+    assert settings.kafka.group_id == "orders-bridge"
+    assert settings.kafka.consumer["security.protocol"] == "SASL_SSL"
+    assert settings.limits.max_in_flight_total == 500
+
+
+def test_routes_from_environment_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CKB_ROUTES", '[{"topic": "orders", "task": "tasks.x"}]')
+    settings = load_settings(None)
+    assert [(r.topic, r.task) for r in settings.routes] == [("orders", "tasks.x")]
+
+
+def test_bad_environment_value_names_the_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CKB_LIMITS__MAX_IN_FLIGHT_TOTAL", "lots")
+    with pytest.raises(ConfigError, match=r"limits\.max_in_flight_total"):
+        load_settings(write(tmp_path, MINIMAL_ROUTES))
+
+
+def test_ckb_config_variable_is_not_mistaken_for_a_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CKB_CONFIG", str(tmp_path / "bridge.yaml"))  # read by the CLI
+    settings = load_settings(write(tmp_path, MINIMAL_ROUTES))
+    assert settings.routes[0].topic == "orders"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            """\
+            routes:
+              - topic: orders
+                task: tasks.x
+                max_in_flight: lots
+            """,
+            ["routes.0.max_in_flight", "integer"],
+            id="wrong-type",
+        ),
+        pytest.param(
+            """\
+            kafka:
+              bootstrapservers: 127.0.0.1:9092
+            routes:
+              - {topic: orders, task: tasks.x}
+            """,
+            ["kafka.bootstrapservers", "unknown key"],
+            id="unknown-key",
+        ),
+        pytest.param(
+            """\
+            routes:
+              - topic: orders
+            """,
+            ["routes.0.task", "required"],
+            id="missing-task",
+        ),
+        pytest.param(
+            """\
+            routes:
+              - {topic: "^orders[", task: tasks.x}
+            """,
+            ["routes.0.topic", "regular expression"],
+            id="bad-regex",
+        ),
+        pytest.param(
+            """\
+            routes: []
+            """,
+            ["routes", "at least 1"],
+            id="empty-routes",
+        ),
+        pytest.param(
+            """\
+            kafka: {}
+            """,
+            ["routes", "required"],
+            id="no-routes",
+        ),
+        pytest.param(
+            """\
+            routes:
+              - {topic: orders, task: tasks.x}
+              - {topic: ^pay.*, task: tasks.y}
+              - {topic: orders, task: tasks.z}
+            """,
+            ["routes", "'orders'"],
+            id="duplicate-exact-topic",
+        ),
+        pytest.param(
+            """\
+            kafka:
+              consumer:
+                enable.auto.commit: true
+            routes:
+              - {topic: orders, task: tasks.x}
+            """,
+            ["kafka.consumer", "enable.auto.commit"],
+            id="reserved-consumer-property",
+        ),
+        pytest.param(
+            """\
+            kafka:
+              consumer:
+                group.protocol: consumer
+                partition.assignment.strategy: range
+            routes:
+              - {topic: orders, task: tasks.x}
+            """,
+            ["kafka", "partition.assignment.strategy", "group.protocol"],
+            id="kip848-with-assignment-strategy",
+        ),
+        pytest.param(
+            """\
+            celery:
+              result_backend: rpc://
+            routes:
+              - {topic: orders, task: tasks.x}
+            """,
+            ["celery.result_backend", "redis"],
+            id="result-backend-not-redis",
+        ),
+        pytest.param(
+            """\
+            routes:
+              - {topic: orders, task: tasks.x, call: positional}
+            """,
+            ["routes.0.call"],
+            id="bad-call-mode",
+        ),
+    ],
+)
+def test_broken_yaml_names_the_field(tmp_path: Path, text: str, expected: list[str]) -> None:
+    message = config_error(tmp_path, text)
+    for fragment in expected:
+        assert fragment in message
+
+
+def test_regex_routes_may_share_a_pattern_with_exact_names(tmp_path: Path) -> None:
+    settings = load_settings(
+        write(
+            tmp_path,
+            """\
+            routes:
+              - {topic: orders, task: tasks.x}
+              - {topic: ^orders, task: tasks.y}
+              - {topic: ^orders, task: tasks.z}
+            """,
+        )
+    )
+    assert [route.task for route in settings.routes] == ["tasks.x", "tasks.y", "tasks.z"]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_settings(missing)
+    assert str(missing) in str(info.value)
+    assert "not found" in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["- orders\n- payments\n", "just a string\n", "42\n"])
+def test_top_level_must_be_a_mapping(tmp_path: Path, text: str) -> None:
+    message = config_error(tmp_path, text)
+    assert "top level must be a mapping" in message
+
+
+def test_invalid_yaml_syntax(tmp_path: Path) -> None:
+    message = config_error(tmp_path, "routes: [\n  {topic: orders\n")
+    assert "not valid YAML" in message
+    assert "bridge.yaml" in message
+
+
+def test_empty_file_reports_missing_routes(tmp_path: Path) -> None:
+    assert "routes: required" in config_error(tmp_path, "")
+
+
+def test_route_model_rejects_empty_topic_and_bad_limits() -> None:
+    with pytest.raises(ValueError, match="topic"):
+        Route(topic="", task="tasks.x")
+    with pytest.raises(ValueError, match="task_timeout"):
+        Route(topic="orders", task="tasks.x", task_timeout=0)
+    with pytest.raises(ValueError, match="max_in_flight"):
+        Route(topic="orders", task="tasks.x", max_in_flight=0)
+
+
+def test_settings_are_frozen(tmp_path: Path) -> None:
+    settings: Settings = load_settings(write(tmp_path, MINIMAL_ROUTES))
+    with pytest.raises(ValueError, match="frozen"):
+        settings.routes[0].task = "other"
