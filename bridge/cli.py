@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -62,6 +63,8 @@ def run(config_path: Path | None) -> None:
         len(settings.routes),
         settings.kafka.bootstrap_servers,
     )
+    # a stop signal while starting up: nothing consumed yet, so just leave
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         bridge = build_bridge(settings)
         install_signal_handlers(bridge)
@@ -86,15 +89,25 @@ def check_config(config_path: Path | None) -> None:
 @main.command()
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def status(config_path: Path | None, as_json: bool) -> None:
-    """Per partition: committed offset, end offset, lag."""
-    from bridge.status import group_status, render_status
+@click.option(
+    "--bridge",
+    "bridges",
+    multiple=True,
+    metavar="URL",
+    help="A running bridge's metrics endpoint, for in-flight and paused per partition "
+    "(repeatable; default: try http://127.0.0.1:<metrics.port> quietly).",
+)
+def status(config_path: Path | None, as_json: bool, bridges: tuple[str, ...]) -> None:
+    """Per partition: committed offset, end offset, lag; in flight and paused from a bridge."""
+    from bridge.status import add_bridge_state, group_status, render_status
 
     settings = settings_or_exit(config_path)
     try:
         rows = group_status(settings)
     except Exception as exc:
         fail(f"cannot read the group's offsets from {settings.kafka.bootstrap_servers}: {exc}")
+    for warning in add_bridge_state(rows, settings, bridges):
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
     if as_json:
         click.echo(json.dumps([row.__dict__ for row in rows], indent=2))
     else:
@@ -192,3 +205,102 @@ def demo(
         )
     except DemoError as exc:
         fail(str(exc))
+
+
+@main.group()
+def dlq() -> None:
+    """Dead-letter topics."""
+
+
+def _reason_choice() -> click.Choice[str]:
+    from bridge.dead_letters import REASONS
+
+    return click.Choice(REASONS)
+
+
+@dlq.command("replay")
+@click.option("--from", "source", required=True, metavar="TOPIC", help="Dead-letter topic to read.")
+@click.option(
+    "--to",
+    "to_topic",
+    metavar="TOPIC",
+    help="Send every letter here instead of its ckb.original.topic.",
+)
+@click.option(
+    "--reason",
+    "reasons",
+    multiple=True,
+    type=_reason_choice(),
+    help="Replay only letters with this ckb.reason (repeatable).",
+)
+@click.option(
+    "--since",
+    metavar="T",
+    help="Replay only letters that failed at or after T: ISO-8601 (UTC if no zone) or an "
+    "age such as 30m, 2h, 1d.",
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), metavar="N", help="Stop after N replayed letters."
+)
+@click.option(
+    "--dry-run", is_flag=True, help="List what would be replayed; produce and commit nothing."
+)
+@config_option
+@click.option(
+    "--group",
+    metavar="G",
+    help="Consumer group that keeps the replay's progress (default ckb-replay.<from-topic>).",
+)
+def dlq_replay(
+    source: str,
+    to_topic: str | None,
+    reasons: tuple[str, ...],
+    since: str | None,
+    limit: int | None,
+    dry_run: bool,
+    config_path: Path | None,
+    group: str | None,
+) -> None:
+    """Re-produce dead letters to their original topic (key, value, headers; ckb.* stripped).
+
+    Reads from the replay group's committed position up to the end offsets seen at start,
+    and commits its progress only after Kafka acknowledged the replayed records.
+    """
+    from rich.console import Console
+
+    from bridge.replay import (
+        ReplayError,
+        ReplayOptions,
+        Selection,
+        default_group,
+        render_selected,
+        render_summary,
+        run_with_progress,
+        since_option,
+    )
+
+    if to_topic is not None and to_topic == source:
+        raise click.BadParameter("must differ from --from", param_hint="'--to'")
+    try:
+        since_at = since_option(since)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--since'") from exc
+    selection = Selection(frozenset(reasons), since_at, to_topic)
+    settings = settings_or_exit(config_path)
+    options = ReplayOptions(source, group or default_group(source), selection, limit, dry_run)
+    try:
+        result = run_with_progress(settings.kafka, options)
+    except ReplayError as exc:
+        fail(str(exc))
+    except Exception as exc:  # KafkaException on bad client properties, …
+        fail(f"replay failed: {type(exc).__name__}: {exc}")
+    console = Console()
+    if dry_run:
+        render_selected(result.selected, console)
+    render_summary(result.stats, options, console)
+    if result.error is not None:
+        fail(result.error)
+    if result.interrupted:
+        fail(
+            f"interrupted; progress is committed under group {options.group!r}: run again to go on"
+        )
