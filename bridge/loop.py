@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from bridge.dead_letters import DeadLetterWriter, Failure
+from bridge.dispatch_ledger import DispatchLedger
 from bridge.dispatcher import Dispatcher, PublishError, TaskRequest
 from bridge.events import Observers, PartitionState
 from bridge.inflight import InFlightTable, Job
@@ -28,7 +28,7 @@ from bridge.offsets import OffsetTracker
 from bridge.ordering import OrderingGate
 from bridge.payloads import DecodeError, build_call, kafka_headers
 from bridge.records import Record
-from bridge.results import Decoder, ResultWatcher, TaskEvent, read_events
+from bridge.results import ResultWatcher, TaskEvent
 from bridge.routing import Router
 from bridge.settings import Route, Settings
 from bridge.task_ids import task_id_for
@@ -67,20 +67,18 @@ class ConsumerLoop:
         consumer: Any,
         dispatcher: Dispatcher,
         watcher: ResultWatcher,
-        results_client: redis.Redis,
+        ledger: DispatchLedger,
         dead_letters: DeadLetterWriter,
         observers: Observers,
-        decoder: Decoder,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self._consumer = consumer
         self._dispatcher = dispatcher
         self._watcher = watcher
-        self._results = results_client
+        self._ledger = ledger
         self._dlq = dead_letters
         self._events = observers
-        self._decode = decoder
         self._clock = clock
         self._router = Router(settings.routes)
         self.tracker = OffsetTracker()
@@ -93,6 +91,8 @@ class ConsumerLoop:
         self._epochs = 0
         self._last_commit = 0.0
         self._publish_backoff_until = 0.0
+        #: records whose task an earlier dispatch had sent, watched instead of sent again
+        self.adopted = 0
         self.stopping = False
         #: set by a second stop signal: do not wait for running tasks any longer
         self.hurry = False
@@ -274,14 +274,16 @@ class ConsumerLoop:
             self._send(batch)
 
     def _send(self, batch: list[Waiting]) -> None:
-        done = self._already_finished([w.request.task_id for w in batch])
+        known = self._ledger.lookup([w.request.task_id for w in batch])
         fresh = []
         for waiting in batch:
-            event = done.get(waiting.request.task_id)
-            if event is None:
+            task_id = waiting.request.task_id
+            if task_id in known.finals:  # done before (a restart, an earlier owner): no rerun
+                self._conclude(self._job_of(waiting), known.finals[task_id])
+            elif task_id in known.in_progress:  # sent by an earlier owner: watch, not resend
+                self._adopt(waiting)
+            else:
                 fresh.append(waiting)
-            else:  # finished before (e.g. by an earlier owner): no second run
-                self._conclude(self._job_of(waiting), event)
         if not fresh:
             return
         self._watcher.watch(w.request.task_id for w in fresh)
@@ -292,11 +294,19 @@ class ConsumerLoop:
             self._publish_backoff_until = self._clock() + 1.0
             self._put_back(fresh)
             return
+        self._ledger.mark((w.request.task_id for w in fresh), _marker_ttl(fresh[0].route))
         now = self._clock()
         for waiting in fresh:
             self.jobs.add(self._job_of(waiting), now)
             self._gate.started(waiting.record.tp, waiting.record.key)
             self._events.on_dispatched(waiting.record, waiting.route.task, False)
+
+    def _adopt(self, waiting: Waiting) -> None:
+        """Wait for a task another dispatch already sent, as if this bridge had sent it."""
+        self._watcher.watch([waiting.request.task_id])
+        self.jobs.add(self._job_of(waiting), self._clock())
+        self._gate.started(waiting.record.tp, waiting.record.key)
+        self.adopted += 1
 
     def _put_back(self, unsent: list[Waiting]) -> None:
         """Return unsent records to their queues, in offset order, to be tried again."""
@@ -314,17 +324,6 @@ class ConsumerLoop:
     @staticmethod
     def _job_of(waiting: Waiting) -> Job:
         return Job(waiting.record, waiting.route, waiting.epoch, waiting.request)
-
-    def _already_finished(self, task_ids: list[str]) -> dict[str, TaskEvent]:
-        """Final states already stored for these ids (a redelivered record that was done)."""
-        try:
-            events = read_events(
-                self._results, self.settings.results.key_prefix, self._decode, task_ids
-            )
-            return {event.task_id: event for event in events if event.final}
-        except redis.RedisError as exc:
-            log.debug("result pre-check skipped: %r", exc)
-            return {}
 
     # == outcomes ========================================================================
     def _apply_events(self, timeout: float = 0.0) -> None:
@@ -423,9 +422,9 @@ class ConsumerLoop:
 
     def _redispatch(self, job: Job) -> None:
         # Celery never re-stores a SUCCESS, so read the key before waiting on the same id again
-        done = self._already_finished([job.request.task_id])
-        if job.request.task_id in done:
-            self._on_final(done[job.request.task_id])
+        known = self._ledger.lookup([job.request.task_id])
+        if job.request.task_id in known.finals:
+            self._on_final(known.finals[job.request.task_id])
             return
         try:
             self._dispatcher.publish([job.request])
@@ -433,6 +432,7 @@ class ConsumerLoop:
             log.warning("%s; will retry", exc)
             self.jobs.extend(job, self._clock())
             return
+        self._ledger.mark([job.request.task_id], _marker_ttl(job.route))
         self.jobs.add(job, self._clock())
         self._events.on_dispatched(job.record, job.route.task, True)
 
@@ -550,6 +550,11 @@ class ConsumerLoop:
             self._gate.forget(tp)
             self._dirty.discard(tp)
         self._dlq.forget(tps)
+
+
+def _marker_ttl(route: Route) -> float:
+    """How long a dispatch marker lives: past every re-send the route allows."""
+    return route.task_timeout * (route.max_redispatch + 2)
 
 
 def _key_of(waiting: Waiting) -> bytes | None:

@@ -129,6 +129,9 @@ class ResultSettings(Strict):
     #: seconds between reconcile sweeps that read the result keys of open tasks
     reconcile_interval: float = Field(default=5.0, gt=0)
     key_prefix: str = "celery-task-meta-"
+    #: mark each sent task in Redis so a new owner of its partition watches it instead of
+    #: sending it again (one pipelined write per batch)
+    dispatch_markers: bool = True
 
 
 class MetricsSettings(Strict):

@@ -1,0 +1,90 @@
+"""What earlier dispatches left in Redis, read before a record is sent (again).
+
+Two facts per task id, both read in one round trip:
+
+- a final result (``celery-task-meta-<id>``): the record was already processed, by this
+  bridge before a restart or by the previous owner of its partition; it is finished without
+  running again;
+- a dispatch marker (``ckb-dispatched-<id>``, written after each publish with a TTL): the task
+  was sent and is probably queued or running; the bridge watches it instead of sending it
+  twice, and falls back to ``task_timeout`` if it never finishes.
+
+Reading or writing markers is best effort: when Redis does not answer, the bridge sends the
+record (at-least-once wins over duplicate suppression).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import redis
+
+from bridge.results import Decoder, TaskEvent, event_from_meta
+
+log = logging.getLogger(__name__)
+
+MARKER_PREFIX = "ckb-dispatched-"
+
+
+@dataclass
+class Known:
+    finals: dict[str, TaskEvent] = field(default_factory=dict)
+    in_progress: set[str] = field(default_factory=set)
+
+
+class DispatchLedger:
+    def __init__(
+        self, client: redis.Redis, result_prefix: str, decode: Decoder, markers: bool = True
+    ) -> None:
+        self._client = client
+        self._result_prefix = result_prefix
+        self._decode = decode
+        self._markers = markers
+
+    def lookup(self, task_ids: list[str]) -> Known:
+        """Final results and live markers of ``task_ids`` (one pipelined round trip)."""
+        known = Known()
+        if not task_ids:
+            return known
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.mget([self._result_prefix + task_id for task_id in task_ids])
+            if self._markers:
+                pipe.mget([MARKER_PREFIX + task_id for task_id in task_ids])
+            replies = pipe.execute()
+        except redis.RedisError as exc:
+            log.debug("dispatch ledger not read: %r", exc)
+            return known
+        self._collect_finals(known, task_ids, replies[0])
+        if self._markers:
+            known.in_progress = {
+                task_id
+                for task_id, marker in zip(task_ids, replies[1], strict=True)
+                if marker is not None and task_id not in known.finals
+            }
+        return known
+
+    def _collect_finals(self, known: Known, task_ids: list[str], values: list[object]) -> None:
+        for task_id, value in zip(task_ids, values, strict=True):
+            if not isinstance(value, bytes):
+                continue
+            try:
+                event = event_from_meta(task_id, self._decode(value))
+            except ValueError:
+                continue
+            if event.final:
+                known.finals[task_id] = event
+
+    def mark(self, task_ids: Iterable[str], ttl: float) -> None:
+        """Note that these tasks were sent; the markers expire after ``ttl`` seconds."""
+        if not self._markers:
+            return
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for task_id in task_ids:
+                pipe.set(MARKER_PREFIX + task_id, b"1", ex=max(1, int(ttl)))
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.debug("dispatch markers not written: %r", exc)
