@@ -297,7 +297,7 @@ def dlq_replay(
     console = Console()
     if dry_run:
         render_selected(result.selected, console)
-    render_summary(result.stats, options, console)
+    render_summary(result, options, console)
     if result.error is not None:
         fail(result.error)
     if result.interrupted:

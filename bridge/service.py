@@ -9,21 +9,32 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from confluent_kafka import Consumer, Producer
 
 from bridge.celery_app import make_celery_app
 from bridge.dead_letters import DeadLetterWriter
+from bridge.dispatch_ledger import DispatchLedger
 from bridge.dispatcher import Dispatcher
 from bridge.events import Observer, Observers, Totals
+from bridge.http_server import OpsApp, OpsServer, Probes
 from bridge.kafka_clients import consumer_config, producer_config
+from bridge.lag import LagMonitor
 from bridge.loop import ConsumerLoop
+from bridge.metrics import PrometheusObserver
 from bridge.results import ResultWatcher
 from bridge.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    """A helper thread that runs alongside the loop (lag monitor, HTTP endpoint)."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
 
 
 @dataclass
@@ -37,14 +48,20 @@ class Bridge:
     producer: Any
     totals: Totals
     closers: list[Callable[[], None]] = field(default_factory=list)
+    #: started after the result watcher, stopped (in reverse order) when the loop ends
+    services: list[Service] = field(default_factory=list)
 
     def run(self) -> None:
         self.watcher.start()
-        summary = SummaryLog(self, interval=30.0)
+        summary = SummaryLog(self, interval=10.0)
         summary.start()
         try:
+            for service in self.services:
+                service.start()
             self.loop.run()
         finally:
+            for service in reversed(self.services):
+                service.stop()
             summary.stop()
             self.watcher.stop()
             self.dispatcher.close()
@@ -73,19 +90,44 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
     dead_letters = DeadLetterWriter(producer, settings.kafka.group_id)
     dispatcher = Dispatcher(app, batch_size=settings.kafka.poll_batch)
     totals = Totals()
-    fan_out = Observers([totals, *(observers or [])])
+    metrics = PrometheusObserver() if settings.metrics.enabled else None
+    fan_out = Observers([totals, *([metrics] if metrics else []), *(observers or [])])
     results_client = redis_client()
     loop = ConsumerLoop(
         settings,
         Consumer(consumer_config(settings.kafka)),
         dispatcher,
         watcher,
-        results_client,
+        DispatchLedger(
+            results_client,
+            settings.results.key_prefix,
+            decoder,
+            markers=settings.results.dispatch_markers,
+        ),
         dead_letters,
         fan_out,
-        decoder,
     )
-    return Bridge(settings, loop, watcher, dispatcher, producer, totals, [results_client.close])
+    bridge = Bridge(settings, loop, watcher, dispatcher, producer, totals, [results_client.close])
+    if metrics is not None:
+        bridge.services.extend(ops_services(settings, metrics, loop, watcher))
+    return bridge
+
+
+def ops_services(
+    settings: Settings, metrics: PrometheusObserver, loop: ConsumerLoop, watcher: ResultWatcher
+) -> list[Service]:
+    """The lag monitor and the /metrics, /healthz, /readyz, /status endpoint."""
+    lag = LagMonitor.for_settings(settings.kafka, metrics)
+    probes = Probes(
+        last_iteration=lambda: loop.last_iteration,
+        stopping=lambda: loop.stopping,
+        redis_ok=lambda: watcher.healthy,
+        kafka_ok=lag.reachable,
+    )
+    app = OpsApp(
+        metrics.registry, probes, lambda: {"group": settings.kafka.group_id, **metrics.status()}
+    )
+    return [lag, OpsServer(app, settings.metrics.host, settings.metrics.port)]
 
 
 def install_signal_handlers(bridge: Bridge) -> None:
@@ -126,10 +168,13 @@ class SummaryLog:
             rate = (totals.consumed - last) / max(now - last_at, 1e-9)
             last, last_at = totals.consumed, now
             log.info(
-                "%.0f records/s; consumed %d, in flight %d, succeeded %d, dead-lettered %d",
+                "%.0f records/s; consumed %d, open %d, in flight %d, succeeded %d, "
+                "dead-lettered %d, paused partitions %d",
                 rate,
                 totals.consumed,
+                self._bridge.loop.tracker.open_total,
                 len(self._bridge.loop.jobs),
                 totals.outcomes["success"],
                 totals.dead_lettered,
+                self._bridge.loop.paused_count,
             )

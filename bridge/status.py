@@ -1,8 +1,15 @@
-"""``ckb status``: committed offset, end offset and lag of each partition of the group."""
+"""``ckb status``: committed offset, end offset and lag of each partition of the group.
+
+Kafka answers for committed and end offsets; a running bridge's ``/status`` endpoint, when
+reachable, adds what only the bridge knows: tasks in flight and whether a partition is paused.
+"""
 
 from __future__ import annotations
 
+import json
 import re
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +28,9 @@ class PartitionStatus:
     committed: int | None
     end: int
     lag: int
+    #: from a running bridge's /status; None when no bridge reported the partition
+    in_flight: int | None = None
+    paused: bool | None = None
 
 
 def routed_topics(settings: Settings, existing: list[str]) -> list[str]:
@@ -47,21 +57,84 @@ def group_status(settings: Settings, timeout: float = 10.0) -> list[PartitionSta
         committed = consumer.committed(tps, timeout=timeout) if tps else []
         rows = []
         for tp in committed:
-            _, end = consumer.get_watermark_offsets(tp, timeout=timeout)
+            low, end = consumer.get_watermark_offsets(tp, timeout=timeout)
             offset = tp.offset if tp.offset >= 0 else None
-            rows.append(PartitionStatus(tp.topic, tp.partition, offset, end, end - (offset or 0)))
+            base = low if offset is None else offset  # nothing committed: from the first record
+            rows.append(PartitionStatus(tp.topic, tp.partition, offset, end, max(end - base, 0)))
         return rows
     finally:
         consumer.close()
 
 
+class BridgeStatusError(Exception):
+    """A bridge's /status endpoint did not answer with its JSON."""
+
+
+def default_bridge_url(settings: Settings) -> str | None:
+    """Where a bridge run with these settings on this machine serves /status, if anywhere."""
+    metrics = settings.metrics
+    if not metrics.enabled or metrics.port == 0:
+        return None
+    host = "127.0.0.1" if metrics.host in ("0.0.0.0", "::", "") else metrics.host
+    return f"http://{'[' + host + ']' if ':' in host else host}:{metrics.port}"
+
+
+def bridge_partitions(url: str, timeout: float = 1.0) -> dict[tuple[str, int], dict[str, Any]]:
+    """The partitions a bridge reports at ``url``/status, by (topic, partition)."""
+    if not url.startswith(("http://", "https://")):
+        raise BridgeStatusError(f"{url}: expected an http:// or https:// URL")
+    endpoint = url.rstrip("/") + "/status"
+    try:
+        with urllib.request.urlopen(endpoint, timeout=timeout) as response:  # noqa: S310 (scheme checked)
+            report = json.loads(response.read())
+        return {(p["topic"], int(p["partition"])): p for p in report["partitions"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BridgeStatusError(f"{endpoint}: {exc}") from exc
+
+
+def add_bridge_state(
+    rows: list[PartitionStatus], settings: Settings, urls: tuple[str, ...]
+) -> list[str]:
+    """Fill in-flight and paused from the bridges at ``urls`` (default: this machine's, quietly).
+
+    Returns warnings for the URLs given explicitly that did not answer.
+    """
+    explicit = bool(urls)
+    default = default_bridge_url(settings)
+    targets = list(urls) if explicit else ([default] if default else [])
+    reported: dict[tuple[str, int], dict[str, Any]] = {}
+    warnings = []
+    for url in targets:
+        try:
+            reported.update(bridge_partitions(url, timeout=2.0 if explicit else 0.5))
+        except BridgeStatusError as exc:
+            if explicit:
+                warnings.append(f"no bridge status from {exc}")
+    for row in rows:
+        state = reported.get((row.topic, row.partition))
+        if state is not None:
+            row.in_flight, row.paused = int(state["in_flight"]), bool(state["paused"])
+    return warnings
+
+
 def render_status(group: str, rows: list[PartitionStatus]) -> None:
     table = Table(title=f"group {group}")
-    for name in ("topic", "partition", "committed", "end", "lag"):
+    with_bridge = any(row.in_flight is not None for row in rows)
+    names = ["topic", "partition", "committed", "end", "lag"]
+    for name in names + (["in flight", "paused"] if with_bridge else []):
         table.add_column(name, justify="left" if name == "topic" else "right")
     for row in rows:
         committed = "-" if row.committed is None else str(row.committed)
-        table.add_row(row.topic, str(row.partition), committed, str(row.end), str(row.lag))
+        cells = [row.topic, str(row.partition), committed, str(row.end), str(row.lag)]
+        if with_bridge:
+            cells += _bridge_cells(row)
+        table.add_row(*cells)
     Console().print(table)
     if not rows:
         Console(stderr=True).print("no existing topic matches the routes")
+
+
+def _bridge_cells(row: PartitionStatus) -> list[str]:
+    if row.in_flight is None:
+        return ["-", "-"]  # no bridge reported this partition (another member holds it)
+    return [str(row.in_flight), "yes" if row.paused else "no"]

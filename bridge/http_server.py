@@ -1,0 +1,177 @@
+"""The operations endpoint: ``/metrics``, ``/healthz``, ``/readyz`` and ``/status``.
+
+A stdlib ``ThreadingHTTPServer`` on a daemon thread: every request gets its own thread, so a
+slow scrape never delays a probe, and the handlers only read what the loop's observers
+already hold (plus two flags of other threads), so serving never touches Kafka, Redis or the
+loop. prometheus_client's own ``start_http_server`` serves metrics only; these four routes
+need no more than the standard library.
+
+- ``/metrics``: the observer's registry in the Prometheus text format (OpenMetrics when the
+  scraper asks for it in ``Accept``).
+- ``/healthz``: 200 while the consumer loop finished a turn within ``stall_after`` seconds,
+  else 503. For a liveness probe: a stuck loop is worth a restart.
+- ``/readyz``: 200 when the loop turns, the bridge is not stopping, the result backend (Redis)
+  is connected and Kafka answered the lag monitor recently; else 503 with the reasons.
+- ``/status``: the loop's latest per-partition snapshot as JSON (what ``ckb status`` shows).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+log = logging.getLogger(__name__)
+
+#: seconds without a finished loop turn after which the bridge counts as stuck
+STALL_AFTER = 30.0
+
+
+@dataclass
+class Probes:
+    """Liveness and readiness from what other threads already know; no I/O here."""
+
+    last_iteration: Callable[[], float]
+    stopping: Callable[[], bool]
+    redis_ok: Callable[[], bool]
+    kafka_ok: Callable[[], bool]
+    clock: Callable[[], float] = time.monotonic
+    stall_after: float = STALL_AFTER
+
+    def live(self) -> tuple[bool, dict[str, Any]]:
+        age = self.clock() - self.last_iteration()
+        ok = age <= self.stall_after
+        body: dict[str, Any] = {"status": "ok" if ok else "stalled", "loop_age_seconds": age}
+        return ok, body
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        reasons = []
+        live, _ = self.live()
+        if not live:
+            reasons.append(f"consumer loop has not turned for over {self.stall_after:.0f}s")
+        if self.stopping():
+            reasons.append("stopping")
+        if not self.redis_ok():
+            reasons.append("redis: result backend not connected")
+        if not self.kafka_ok():
+            reasons.append("kafka: no answer to the lag monitor recently")
+        if reasons:
+            return False, {"status": "not ready", "reasons": reasons}
+        return True, {"status": "ready"}
+
+
+@dataclass
+class OpsApp:
+    """What the routes serve; the server hands every request to :meth:`respond`."""
+
+    registry: CollectorRegistry
+    probes: Probes
+    status: Callable[[], dict[str, Any]]
+    routes: dict[str, Callable[[str | None], tuple[int, str, bytes]]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.routes = {
+            "/metrics": self._metrics,
+            "/healthz": lambda _: _json(*self.probes.live()),
+            "/readyz": lambda _: _json(*self.probes.ready()),
+            "/status": lambda _: _json(True, self.status()),
+        }
+
+    def respond(self, path: str, accept: str | None) -> tuple[int, str, bytes]:
+        route = self.routes.get(path.split("?", 1)[0].rstrip("/") or "/")
+        if route is None:
+            return _json(False, {"error": "not found", "paths": sorted(self.routes)}, 404)
+        return route(accept)
+
+    def _metrics(self, accept: str | None) -> tuple[int, str, bytes]:
+        encoder, content_type = choose_encoder(accept or "")
+        return 200, content_type, encoder(self.registry)
+
+
+def _json(ok: bool, body: dict[str, Any], failed: int = 503) -> tuple[int, str, bytes]:
+    return (200 if ok else failed), "application/json", json.dumps(body).encode()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    app: OpsApp
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self) -> None:
+        try:
+            code, content_type, body = self.server.app.respond(self.path, self.headers["Accept"])
+        except Exception:
+            log.exception("cannot serve %s", self.path)
+            code, content_type, body = 500, "text/plain", b"internal error\n"
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+class OpsServer:
+    """Serves :class:`OpsApp` on ``host:port`` (0: any free port) from a daemon thread."""
+
+    def __init__(self, app: OpsApp, host: str, port: int) -> None:
+        self._app = app
+        self._address = (host, port)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("not started")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        host = self._address[0]
+        try:
+            server = (_Server6 if ":" in host else _Server)(self._address, _Handler)
+        except OSError as exc:
+            raise OSError(
+                f"cannot serve metrics on {host}:{self._address[1]} ({exc.strerror}): "
+                "change metrics.host/metrics.port (0 picks a free port) or set "
+                "metrics.enabled: false"
+            ) from exc
+        server.app = self._app
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="ckb-http", daemon=True
+        )
+        self._thread.start()
+        log.info(
+            "serving /metrics, /healthz, /readyz, /status on http://%s:%d",
+            f"[{host}]" if ":" in host else host,
+            self.port,
+        )
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
