@@ -115,6 +115,10 @@ class ConsumerLoop:
             self.run_once()
         self.shutdown()
 
+    @property
+    def paused_count(self) -> int:
+        return len(self._paused)
+
     def request_stop(self) -> None:
         self.stopping = True
 
@@ -168,6 +172,7 @@ class ConsumerLoop:
             self._consumer.consume(self.settings.kafka.poll_batch, 0.05)  # keeps membership
             self._dlq.poll()
             self._apply_events(timeout=0.05)
+            self.last_iteration = self._clock()  # waiting on purpose is not hanging
         self._commit(sync=True)
         left = self._dlq.flush(5.0)
         if left:
@@ -509,6 +514,13 @@ class ConsumerLoop:
     # == rebalance callbacks (run inside consume(), on this thread) =====================
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
+        try:
+            consumer.incremental_assign(partitions)
+        except KafkaException:  # an eager assignor (range, roundrobin): the whole assignment
+            consumer.assign(partitions)
+        if partitions:
+            # librdkafka keeps a partition's pause flag across revoke and re-assignment
+            consumer.resume(partitions)
         for tp in tps:
             self._epochs += 1
             self.tracker.assign(tp, self._epochs)
@@ -526,6 +538,7 @@ class ConsumerLoop:
         while self._open_jobs(tps) and self._clock() < deadline:
             self._dlq.poll()
             self._apply_events(timeout=0.05)
+            self.last_iteration = self._clock()
         self._commit(sync=True, tps=list(tps))
         self._forget(tps)
         log.info("revoked %s", _names(sorted(tps)))
@@ -541,6 +554,12 @@ class ConsumerLoop:
         return sum(self.jobs.count(tp) for tp in tps) + self._dlq.pending
 
     def _forget(self, tps: set[TP]) -> None:
+        paused = [TopicPartition(t, p) for t, p in tps & self._paused]
+        if paused:
+            try:  # or the pause outlives the assignment and stalls a later one
+                self._consumer.resume(paused)
+            except KafkaException as exc:
+                log.debug("resuming revoked partitions failed: %s", exc)
         for job in self.jobs.drop_partitions(tps):
             self._watcher.unwatch(job.request.task_id)
         for tp in tps:

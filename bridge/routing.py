@@ -1,10 +1,16 @@
-"""Topic → route matching: exact names first, then ``^regex`` routes in file order."""
+"""Topic → route matching: exact names first, then ``^regex`` routes in file order.
+
+A ``^regex`` route never matches a topic ending in ``.dlq``; such records are skipped.
+"""
 
 from __future__ import annotations
 
 import re
 
 from bridge.settings import Route
+
+#: dead-letter topics end so by default; pattern routes never match them
+DLQ_SUFFIX = ".dlq"
 
 
 class Router:
@@ -17,7 +23,8 @@ class Router:
         if topic in self._cache:
             return self._cache[topic]
         route = self._exact.get(topic)
-        if route is None:
+        if route is None and not topic.endswith(DLQ_SUFFIX):
+            # a pattern never routes a dead-letter topic: the bridge would eat its own DLQ
             route = next((r for rx, r in self._patterns if rx.match(topic)), None)
         self._cache[topic] = route
         return route

@@ -60,7 +60,10 @@ class Kafka:
         partition_of: Callable[[int], int] | None = None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> int:
-        producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
+        # idempotent: a retried batch must not reorder records within a partition
+        producer = Producer(
+            {"bootstrap.servers": self.bootstrap, "linger.ms": 5, "enable.idempotence": True}
+        )
         count = 0
         key_list = list(keys) if keys is not None else None
         for i, value in enumerate(values):
