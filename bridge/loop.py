@@ -139,6 +139,8 @@ class ConsumerLoop:
         if self.last_iteration >= self._next_snapshot:
             self._next_snapshot = self.last_iteration + SNAPSHOT_INTERVAL
             self._events.on_snapshot(self.snapshot())
+            # safety net: every waiting record is looked at again at least once a second
+            self._dirty.update(tp for tp, waiting in self._waiting.items() if waiting)
 
     def snapshot(self) -> list[PartitionState]:
         """Per-partition state for observers (metrics, status); call on the loop's thread."""
@@ -285,6 +287,7 @@ class ConsumerLoop:
             task_id = waiting.request.task_id
             if task_id in known.finals:  # done before (a restart, an earlier owner): no rerun
                 self._conclude(self._job_of(waiting), known.finals[task_id])
+                self._dirty.add(waiting.record.tp)  # it took no room: look again next turn
             elif task_id in known.in_progress:  # sent by an earlier owner: watch, not resend
                 self._adopt(waiting)
             else:
