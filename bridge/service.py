@@ -53,7 +53,7 @@ class Bridge:
 
     def run(self) -> None:
         self.watcher.start()
-        summary = SummaryLog(self, interval=10.0)
+        summary = SummaryLog(self, interval=30.0)
         summary.start()
         try:
             for service in self.services:
