@@ -168,7 +168,17 @@ def run_mode(
     return total / elapsed, runs
 
 
-def test_key_mode_orders_per_key_and_beats_partition_mode(
+def max_overlap(runs: list[dict[str, Any]]) -> int:
+    """The most executions that were running at the same moment."""
+    edges = sorted([(r["start"], 1) for r in runs] + [(r["end"], -1) for r in runs])
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def test_key_mode_orders_per_key_and_runs_more_at_once_than_partition_mode(
     stack: StackInfo, kafka: Kafka, executions: Executions, work_dir: Path
 ) -> None:
     worker, queue = ordering_worker(stack, work_dir)
@@ -196,8 +206,14 @@ def test_key_mode_orders_per_key_and_beats_partition_mode(
         p_runs.sort(key=lambda r: r["start"])
         for before, after in itertools.pairwise(p_runs):
             assert before["end"] <= after["start"], "partition mode ran two at once"
-    print(f"\nordering: key mode {key_rate:.0f} records/s, partition mode {partition_rate:.0f}/s")
-    assert key_rate > partition_rate * 1.5
+    key_overlap, partition_overlap = max_overlap(runs), max_overlap(partition_runs)
+    print(
+        f"\nordering: key mode {key_rate:.0f} records/s (up to {key_overlap} at once), "
+        f"partition mode {partition_rate:.0f}/s (up to {partition_overlap} at once)"
+    )
+    # the structural reason key mode is faster, not a timing: more records run at once
+    assert partition_overlap <= 4  # one per partition
+    assert key_overlap > 4
 
 
 def test_tasks_longer_than_max_poll_interval_cause_no_rebalance(
