@@ -175,10 +175,10 @@ class ConsumerLoop:
             self._dlq.poll()
             self._apply_events(timeout=0.05)
             self.last_iteration = self._clock()  # waiting on purpose is not hanging
-        self._commit(sync=True)
-        left = self._dlq.flush(5.0)
+        left = self._dlq.flush(5.0)  # delivery reports finish their records before the commit
         if left:
             log.warning("%d dead letters not acknowledged at shutdown; not committed", left)
+        self._commit(sync=True)
         self._consumer.close()  # on_revoke runs with nothing to wait for: leaves the group
         log.info(
             "stopped; %d tasks were still running (their records will be redelivered)",
