@@ -40,6 +40,8 @@ TP = tuple[str, int]
 #: task states and the DLQ reason / ``outcome`` label each final one maps to
 #: seconds between partition snapshots handed to observers
 SNAPSHOT_INTERVAL = 1.0
+#: most seconds shutdown waits for its last commit's answer (Kafka may be away)
+COMMIT_WAIT = 10.0
 
 FAILED_STATES = {"FAILURE": ("task_failed", "failure"), "REVOKED": ("task_revoked", "revoked")}
 
@@ -58,6 +60,19 @@ class Waiting:
     request: TaskRequest
 
 
+class CommitReports:
+    """librdkafka's commit reports (the consumer's ``on_commit``), kept for the loop to apply.
+
+    librdkafka calls it inside ``consume()``, on the loop's thread; the loop drains it each turn.
+    """
+
+    def __init__(self) -> None:
+        self.reports: deque[tuple[KafkaError | None, list[TopicPartition]]] = deque()
+
+    def __call__(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        self.reports.append((error, partitions))
+
+
 class ConsumerLoop:
     """Owns the consumer; everything it calls runs on its thread."""
 
@@ -71,6 +86,7 @@ class ConsumerLoop:
         dead_letters: DeadLetterWriter,
         observers: Observers,
         clock: Callable[[], float] = time.monotonic,
+        commit_reports: CommitReports | None = None,
     ) -> None:
         self.settings = settings
         self._consumer = consumer
@@ -90,6 +106,8 @@ class ConsumerLoop:
         self._paused: set[TP] = set()
         self._epochs = 0
         self._last_commit = 0.0
+        self._commits_pending = 0
+        self._commit_reports = commit_reports or CommitReports()
         self._publish_backoff_until = 0.0
         #: records whose task an earlier dispatch had sent, watched instead of sent again
         self.adopted = 0
@@ -129,6 +147,7 @@ class ConsumerLoop:
         self._turn()
 
     def _turn(self) -> None:
+        self._apply_commit_reports()
         self._dlq.poll()
         self._apply_events()
         self._expire()
@@ -178,7 +197,11 @@ class ConsumerLoop:
         left = self._dlq.flush(5.0)  # delivery reports finish their records before the commit
         if left:
             log.warning("%d dead letters not acknowledged at shutdown; not committed", left)
-        self._commit(sync=True)
+        self._commit(sync=False)
+        deadline = self._clock() + COMMIT_WAIT
+        while self._commits_pending and self._clock() < deadline:  # never hang on Kafka
+            self._consumer.consume(self.settings.kafka.poll_batch, 0.05)
+            self._apply_commit_reports()
         self._consumer.close()  # on_revoke runs with nothing to wait for: leaves the group
         log.info(
             "stopped; %d tasks were still running (their records will be redelivered)",
@@ -463,9 +486,14 @@ class ConsumerLoop:
         now = self._clock()
         if now - self._last_commit >= self.settings.kafka.commit_interval:
             self._last_commit = now
-            self._commit(sync=True)
+            self._commit(sync=False)
 
     def _commit(self, sync: bool, tps: list[TP] | None = None) -> None:
+        """Commit the points that moved; asynchronous unless the group is about to move.
+
+        An asynchronous commit never blocks the loop, even with Kafka away; its outcome
+        arrives in :meth:`on_commit`, which un-marks a failed point so it is sent again.
+        """
         points = self.tracker.committable(tps)
         if not points:
             return
@@ -477,14 +505,43 @@ class ConsumerLoop:
             return
         for tp, offset in points.items():
             self.tracker.mark_committed(tp, offset)
-            self._events.on_committed(tp, offset)
+        if sync:  # librdkafka reports only asynchronous commits through on_commit
+            for tp, offset in points.items():
+                self._events.on_committed(tp, offset)
+        else:
+            self._commits_pending += 1
+
+    def _apply_commit_reports(self) -> None:
+        reports = self._commit_reports.reports
+        while reports:
+            error, partitions = reports.popleft()
+            self._on_commit_report(error, partitions)
+
+    def _on_commit_report(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        self._commits_pending = max(0, self._commits_pending - 1)
+        for part in partitions:
+            tp = (part.topic, part.partition)
+            failed = error or part.error
+            if failed is None:
+                self._events.on_committed(tp, part.offset)
+            else:
+                self.tracker.unmark_committed(tp, part.offset)
+                self._commit_failed(failed)
+
+    def _commit_failed(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._NO_OFFSET:
+            return
+        if error.fatal():
+            raise FatalConsumerError(f"commit failed fatally: {error.str()}")
+        # a moving group (rebalance in progress, unknown member, …) or Kafka away: retried
+        log.info("commit not accepted (%s); retrying", error.str())
 
     def _on_commit_error(self, exc: KafkaException) -> None:
         error = exc.args[0] if exc.args else None
-        if isinstance(error, KafkaError) and error.fatal():
-            raise FatalConsumerError(f"commit failed fatally: {error.str()}") from exc
-        # a moving group (rebalance in progress, unknown member, …): the next turn retries
-        log.info("commit not accepted now (%s); retrying next turn", exc)
+        if isinstance(error, KafkaError):
+            self._commit_failed(error)
+        else:
+            log.info("commit not accepted now (%s); retrying next turn", exc)
 
     # == flow control ====================================================================
     def _update_pauses(self) -> None:
@@ -542,7 +599,8 @@ class ConsumerLoop:
             self._dlq.poll()
             self._apply_events(timeout=0.05)
             self.last_iteration = self._clock()
-        self._commit(sync=True, tps=list(tps))
+        # the group waits for this commit; at shutdown it was made already, asynchronously
+        self._commit(sync=not self.stopping, tps=list(tps))
         self._forget(tps)
         log.info("revoked %s", _names(sorted(tps)))
         self._events.on_rebalance("revoke", sorted(tps))

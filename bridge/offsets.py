@@ -128,6 +128,12 @@ class OffsetTracker:
         if state is not None and (state.committed is None or offset > state.committed):
             state.committed = offset
 
+    def unmark_committed(self, tp: TopicPartition, offset: int) -> None:
+        """A commit of ``offset`` failed: forget it, so the current point is committed again."""
+        state = self._partitions.get(tp)
+        if state is not None and state.committed == offset:
+            state.committed = None
+
     def committed(self, tp: TopicPartition) -> int | None:
         state = self._partitions.get(tp)
         return None if state is None else state.committed

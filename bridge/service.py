@@ -22,7 +22,7 @@ from bridge.events import Observer, Observers, Totals
 from bridge.http_server import OpsApp, OpsServer, Probes
 from bridge.kafka_clients import consumer_config, producer_config
 from bridge.lag import LagMonitor
-from bridge.loop import ConsumerLoop
+from bridge.loop import CommitReports, ConsumerLoop
 from bridge.metrics import PrometheusObserver
 from bridge.results import ResultWatcher
 from bridge.settings import Settings
@@ -93,9 +93,10 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
     metrics = PrometheusObserver() if settings.metrics.enabled else None
     fan_out = Observers([totals, *([metrics] if metrics else []), *(observers or [])])
     results_client = redis_client()
+    commit_reports = CommitReports()  # filled inside consume(), drained by the loop
     loop = ConsumerLoop(
         settings,
-        Consumer(consumer_config(settings.kafka)),
+        Consumer({**consumer_config(settings.kafka), "on_commit": commit_reports}),
         dispatcher,
         watcher,
         DispatchLedger(
@@ -106,6 +107,7 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
         ),
         dead_letters,
         fan_out,
+        commit_reports=commit_reports,
     )
     bridge = Bridge(settings, loop, watcher, dispatcher, producer, totals, [results_client.close])
     if metrics is not None:
