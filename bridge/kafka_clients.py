@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from typing import Any
 
 from bridge.settings import CLASSIC_ONLY, KafkaSettings
+
+
+def quiet_kafka_logger(command: str) -> logging.Logger:
+    """A sink for librdkafka's own log lines, for one-shot commands (status, replay).
+
+    Without it an unreachable broker prints a connect failure every few milliseconds; the
+    command reports the failure itself, once, from the exception or error event.
+    """
+    logger = logging.getLogger(f"bridge.{command}.librdkafka")
+    logger.propagate = False
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+    return logger
 
 
 def client_id(role: str) -> str:

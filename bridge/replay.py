@@ -20,7 +20,6 @@ below; :class:`Replayer` only moves records and offsets.
 
 from __future__ import annotations
 
-import logging
 import re
 import signal
 import threading
@@ -39,7 +38,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bridge.dead_letters import HEADER_PREFIX
-from bridge.kafka_clients import client_id, consumer_config, producer_config
+from bridge.kafka_clients import (
+    client_id,
+    consumer_config,
+    producer_config,
+    quiet_kafka_logger,
+)
 from bridge.offsets import OffsetTracker
 from bridge.records import Record
 from bridge.settings import KafkaSettings
@@ -673,17 +677,6 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def quiet_kafka_logger() -> logging.Logger:
-    """A sink for librdkafka's own log lines: without it, an unreachable broker prints a
-    connect failure every few milliseconds over the progress bar. Errors still surface as
-    exceptions and consumer error events, which the replay reports itself."""
-    logger = logging.getLogger("bridge.replay.librdkafka")
-    logger.propagate = False
-    if not logger.handlers:
-        logger.addHandler(logging.NullHandler())
-    return logger
-
-
 @contextmanager
 def replay_session(kafka: KafkaSettings, options: ReplayOptions) -> Iterator[Replayer]:
     """Clients and the partition plan for one replay; raises :class:`ReplayError` when the
@@ -692,7 +685,7 @@ def replay_session(kafka: KafkaSettings, options: ReplayOptions) -> Iterator[Rep
     from confluent_kafka import Consumer, Producer
     from confluent_kafka.admin import AdminClient
 
-    logger: dict[str, Any] = {"logger": quiet_kafka_logger()}
+    logger: dict[str, Any] = {"logger": quiet_kafka_logger("replay")}
     consumer = Consumer({**replay_consumer_config(kafka, options.group), **logger})
     try:
         try:

@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
-from bridge.kafka_clients import consumer_config
+from bridge.kafka_clients import consumer_config, quiet_kafka_logger
 from bridge.settings import Settings
 
 
@@ -46,7 +46,8 @@ def routed_topics(settings: Settings, existing: list[str]) -> list[str]:
 
 
 def group_status(settings: Settings, timeout: float = 10.0) -> list[PartitionStatus]:
-    consumer: Any = Consumer(consumer_config(settings.kafka))
+    config = {**consumer_config(settings.kafka), "logger": quiet_kafka_logger("status")}
+    consumer: Any = Consumer(config)
     try:
         metadata = consumer.list_topics(timeout=timeout)
         tps = [
