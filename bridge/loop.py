@@ -218,6 +218,8 @@ class ConsumerLoop:
         if self.stopping or not self.tracker.add(record.tp, record.offset, self._clock()):
             return
         self._events.on_consumed(record)
+        if self.settings.logging.debug_payloads:  # opt-in only: payloads may be personal data
+            log.debug("record %s value %r", record.coordinates(), (record.value or b"")[:2048])
         epoch = self.tracker.epoch(record.tp) or 0
         route = self._router.match(record.topic)
         if route is None:
