@@ -49,6 +49,8 @@ def producer_config(kafka: KafkaSettings) -> dict[str, Any]:
         "client.id": client_id("dlq"),
         "message.timeout.ms": 30_000,
         "linger.ms": 5,
+        # a dead letter is as big as its record: allow more than the 1 MB default
+        "message.max.bytes": 16 * 1024 * 1024,
     }
     # security settings of the consumer apply to the producer unless it sets its own
     config.update(

@@ -34,6 +34,11 @@ def decode_value(route: Route, value: bytes | None) -> Any:
     """The payload as the task will receive it."""
     if value is None:
         raise DecodeError("the record has no value (null); a tombstone cannot be dispatched")
+    if len(value) > route.max_payload_bytes:
+        raise DecodeError(
+            f"value is {len(value)} bytes, over the route's max_payload_bytes "
+            f"({route.max_payload_bytes}); raise it, or send a reference to the data instead"
+        )
     if route.payload == "bytes":
         return base64.b64encode(value).decode("ascii")
     try:

@@ -96,6 +96,8 @@ class Route(Strict):
     task_timeout: float = Field(default=300.0, gt=0)
     max_redispatch: int = Field(default=2, ge=0, le=100)
     dlq_topic: str | None = None
+    #: a bigger value goes to the DLQ (decode_error) instead of into a Celery message
+    max_payload_bytes: int = Field(default=1_048_576, ge=1)
 
     @field_validator("topic")
     @classmethod
