@@ -265,7 +265,7 @@ class ConsumerLoop:
         if error.code() == KafkaError._PARTITION_EOF:
             return
         if error.fatal():
-            raise FatalConsumerError(f"Kafka consumer failed: {error.str()}")
+            raise FatalConsumerError(_fatal_message(error))
         log.warning("Kafka consumer error (retrying): %s", error.str())
 
     def _unrouted(self, record: Record, epoch: int) -> None:
@@ -632,6 +632,15 @@ class ConsumerLoop:
             self._gate.forget(tp)
             self._dirty.discard(tp)
         self._dlq.forget(tps)
+
+
+def _fatal_message(error: KafkaError) -> str:
+    if error.code() in (KafkaError._FENCED, KafkaError.FENCED_INSTANCE_ID):
+        return (
+            f"fenced by the group ({error.str()}): another instance uses the same "
+            "group.instance.id; give each instance its own kafka.consumer.group.instance.id"
+        )
+    return f"Kafka consumer failed: {error.str()}"
 
 
 def _marker_ttl(route: Route) -> float:
