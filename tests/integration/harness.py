@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import kombu.exceptions
 import redis
 import yaml
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
@@ -203,10 +204,16 @@ def start_worker(
     def ready() -> bool:
         if process.poll() is not None:
             raise AssertionError(f"worker exited: {log_path.read_text()[-3000:]}")
-        return bool(pinger.control.ping(destination=[name], timeout=0.5))
+        try:
+            return bool(pinger.control.ping(destination=[name], timeout=0.5))
+        except (OSError, redis.RedisError, kombu.exceptions.KombuError):
+            return False  # the control connection dropped: ask again on a new one
 
     try:
         wait_for(ready, 60, "the Celery worker to answer ping")
+    except BaseException:
+        worker.stop()  # never leave a stray worker behind a failed start
+        raise
     finally:
         pinger.close()
     return worker
