@@ -167,11 +167,11 @@ def summary(console: Console, run: DemoRun, bridge: Bridge, elapsed: float) -> N
     table.add_row("time", f"{elapsed:.1f}s ({run.records / elapsed:.0f} records/s)")
     console.print(table)
     console.print(
-        "Where to look next:\n"
-        f"  ckb status -c {run.config_path}          # committed offset, end offset, lag\n"
-        f"  ckb check-config -c {run.config_path}    # the effective config\n"
-        f"  dead letters are on topic [bold]{run.topic}.dlq[/] (headers ckb.reason, ckb.error.*)\n"
-        "  README.md: configuration, commit semantics, failure model"
+        "Where to look next (run [bold]ckb demo --keep-stack[/] to keep Kafka and Redis up):\n"
+        f"  ckb status -c {run.config_path}\n      committed offset, end offset and lag\n"
+        f"  ckb check-config -c {run.config_path}\n      the effective config\n"
+        f"  dead letters: topic [bold]{run.topic}.dlq[/] (headers ckb.reason, ckb.error.*)\n"
+        "  README.md: configuration, commit semantics, failure model, operations"
     )
 
 
