@@ -17,19 +17,11 @@ from celery import Celery
 from celery.signals import task_postrun
 
 from tasks.base import KafkaTask
+from tasks.celeryconfig import configure
 
 app = Celery("ckb-it-base")
-app.conf.update(
-    broker_url=os.environ["CKB_CELERY__BROKER_URL"],
-    result_backend=os.environ["CKB_CELERY__RESULT_BACKEND"],
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    broker_connection_retry_on_startup=True,
-)
+configure(app)  # the example worker's settings, from the same CKB_CELERY__* environment
+app.conf.worker_prefetch_multiplier = 1
 _recorder = redis.Redis.from_url(os.environ["CKB_IT_RECORDER_URL"])
 
 

@@ -111,6 +111,10 @@ class Kafka:
         finally:
             consumer.close()
 
+    def caught_up(self, group: str, topic: str, partitions: int) -> bool:
+        """Whether ``group`` committed the end offset of every partition of ``topic``."""
+        return self.committed(group, topic, partitions) == self.end_offsets(topic)
+
     def read_all(self, topic: str, expected: int, timeout: float = 30) -> list[Any]:
         consumer = Consumer(
             {

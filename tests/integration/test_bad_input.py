@@ -64,7 +64,7 @@ def test_each_kind_of_bad_record_is_dead_lettered_and_the_partition_flows(
     try:
         for topic in (json_topic, text_topic):
             wait_for(
-                lambda t=topic: kafka.committed(group, t, 1) == kafka.end_offsets(t),  # type: ignore[misc]
+                lambda t=topic: kafka.caught_up(group, t, 1),  # type: ignore[misc]
                 90,
                 f"{topic} to be committed to its end",
             )

@@ -54,10 +54,6 @@ class CommitProbe:
         self._thread.join(15)
 
 
-def commits_reached_end(kafka: Kafka, group: str, topic: str, partitions: int) -> bool:
-    return kafka.committed(group, topic, partitions) == kafka.end_offsets(topic)
-
-
 def test_5000_records_out_of_order_never_commit_ahead(
     stack: StackInfo, kafka: Kafka, executions: Executions, shared_worker: Worker, work_dir: Path
 ) -> None:
@@ -75,7 +71,7 @@ def test_5000_records_out_of_order_never_commit_ahead(
     try:
         with CommitProbe(kafka, group, topic, partitions) as probe:
             wait_for(
-                lambda: commits_reached_end(kafka, group, topic, partitions),
+                lambda: kafka.caught_up(group, topic, partitions),
                 240,
                 "committed offsets to reach the end of every partition",
                 interval=0.5,
@@ -140,7 +136,7 @@ def test_restart_after_sigterm_redispatches_nothing_finished(
     second = start_bridge(config, work_dir, "second")
     try:
         wait_for(
-            lambda: commits_reached_end(kafka, group, topic, partitions),
+            lambda: kafka.caught_up(group, topic, partitions),
             180,
             "the restarted bridge to commit everything",
             interval=0.5,

@@ -41,10 +41,6 @@ CONTRACT_HEADERS = {
 }  # fmt: skip
 
 
-def committed_to_end(kafka: Kafka, group: str, topic: str, partitions: int) -> bool:
-    return kafka.committed(group, topic, partitions) == kafka.end_offsets(topic)
-
-
 def dlq_messages(kafka: Kafka, topic: str) -> list[dict[str, object]]:
     """Every record on a DLQ topic, with its headers decoded (values stay bytes)."""
     expected = sum(kafka.end_offsets(topic).values())
@@ -80,7 +76,7 @@ def test_failures_retries_and_malformed_records(
     bridge = start_bridge(bridge_config(stack, group, [route]), work_dir)
     started = time.monotonic()
     try:
-        wait_for(lambda: committed_to_end(kafka, group, topic, partitions), 240, "commits")
+        wait_for(lambda: kafka.caught_up(group, topic, partitions), 240, "commits")
         elapsed = time.monotonic() - started
     finally:
         assert bridge.terminate() == 0, bridge.log_tail()
@@ -149,7 +145,7 @@ def test_worker_killed_mid_task_is_redispatched_after_task_timeout(
         assert kafka.committed(group, topic, 1)[0] <= 0, "committed past the running task"
         (work_dir / "rescuer").mkdir()
         rescuer = start_worker(stack, queue, work_dir / "rescuer", concurrency=2)
-        wait_for(lambda: committed_to_end(kafka, group, topic, 1), 90, "commits after the kill")
+        wait_for(lambda: kafka.caught_up(group, topic, 1), 90, "commits after the kill")
         assert "sending it again" in bridge.log_tail(20000)
     finally:
         assert bridge.terminate() == 0, bridge.log_tail()
@@ -191,7 +187,7 @@ def test_unwritable_dlq_holds_the_commit_until_writes_succeed(
         )
         for future in admin.incremental_alter_configs([resource]).values():
             future.result(30)
-        wait_for(lambda: committed_to_end(kafka, group, topic, 1), 90, "commit after recovery")
+        wait_for(lambda: kafka.caught_up(group, topic, 1), 90, "commit after recovery")
     finally:
         assert bridge.terminate() == 0, bridge.log_tail()
     dead = dlq_messages(kafka, dlq)
@@ -256,7 +252,7 @@ def test_redis_restart_mid_run_loses_no_record(
         local_stack.stop_redis()  # queued tasks and stored results are gone with it
         time.sleep(3)
         local_stack.start_redis()
-        wait_for(lambda: committed_to_end(kafka, group, topic, partitions), 180, "recovery")
+        wait_for(lambda: kafka.caught_up(group, topic, partitions), 180, "recovery")
         assert bridge.alive(), "the bridge must recover without a restart"
         # the queued tasks vanished with Redis: only re-sending after task_timeout finds them
         assert "sending it again" in bridge.log_tail(50000)

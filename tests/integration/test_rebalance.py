@@ -46,10 +46,6 @@ def run_counts(executions: Executions, topic: str) -> Counter[tuple[int, int]]:
     return Counter((r["ckb_partition"], r["ckb_offset"]) for r in executions.of(topic))
 
 
-def all_committed(kafka: Kafka, group: str, topic: str, partitions: int) -> bool:
-    return kafka.committed(group, topic, partitions) == kafka.end_offsets(topic)
-
-
 def group_config(stack: StackInfo, group: str, topic: str, protocol: str) -> dict[str, Any]:
     route = {"topic": topic, "task": "it.record", "queue": SHARED_QUEUE, "max_in_flight": 50}
     return bridge_config(
@@ -93,7 +89,7 @@ def test_instances_join_and_leave_with_zero_duplicates(
         running.append(start_bridge(config, work_dir, "b4"))
         progress(0.7)
         exit_codes.append(running.pop(0).terminate())  # b2 leaves cleanly
-        wait_for(lambda: all_committed(kafka, group, topic, partitions), 300, "all commits")
+        wait_for(lambda: kafka.caught_up(group, topic, partitions), 300, "all commits")
     finally:
         exit_codes.extend(bridge.terminate() for bridge in running)
     elapsed = time.monotonic() - started
@@ -124,7 +120,7 @@ def test_kill_9_of_an_instance_loses_nothing(
         wait_for(lambda: executions.count(topic) >= total // 3, 180, "a third of the records")
         os.kill(victim.process.pid, signal.SIGKILL)
         victim.process.wait(10)
-        wait_for(lambda: all_committed(kafka, group, topic, partitions), 240, "all commits")
+        wait_for(lambda: kafka.caught_up(group, topic, partitions), 240, "all commits")
     finally:
         victim.kill()
         assert survivor.terminate() == 0, survivor.log_tail()
@@ -159,7 +155,7 @@ def run_mode(
     try:
         wait_for(lambda: executions.count(topic) >= 1, 60, "the first run")
         started = time.monotonic()
-        wait_for(lambda: all_committed(kafka, group, topic, partitions), 240, f"{mode} commits")
+        wait_for(lambda: kafka.caught_up(group, topic, partitions), 240, f"{mode} commits")
         elapsed = time.monotonic() - started
     finally:
         assert bridge.terminate() == 0, bridge.log_tail()
@@ -227,7 +223,7 @@ def test_tasks_longer_than_max_poll_interval_cause_no_rebalance(
     config = bridge_config(stack, group, [route], kafka={"consumer": consumer})
     bridge = start_bridge(config, work_dir)
     try:
-        wait_for(lambda: all_committed(kafka, group, topic, 1), 90, "the long tasks to commit")
+        wait_for(lambda: kafka.caught_up(group, topic, 1), 90, "the long tasks to commit")
     finally:
         assert bridge.terminate() == 0, bridge.log_tail()
     log = bridge.log_tail(100_000)

@@ -68,14 +68,10 @@ def fingerprint(message: Any) -> tuple[Any, ...]:
     return (message.partition(), message.key(), message.value(), tuple(message.headers() or ()))
 
 
-def commits_reached_end(kafka: Kafka, group: str, topic: str) -> bool:
-    return kafka.committed(group, topic, PARTITIONS) == kafka.end_offsets(topic)
-
-
 def wait_bridge_caught_up(kafka: Kafka, bridge: BridgeProcess, group: str, topic: str) -> None:
     def caught_up() -> bool:
         assert bridge.alive(), bridge.log_tail()
-        return commits_reached_end(kafka, group, topic)
+        return kafka.caught_up(group, topic, PARTITIONS)
 
     wait_for(caught_up, 60, f"the bridge to commit the end of {topic}", interval=0.3)
 

@@ -14,18 +14,11 @@ from typing import Any
 import redis
 from celery import Celery
 
+from tasks.celeryconfig import configure
+
 app = Celery("ckb-it")
-app.conf.update(
-    broker_url=os.environ["CKB_CELERY__BROKER_URL"],
-    result_backend=os.environ["CKB_CELERY__RESULT_BACKEND"],
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    broker_connection_retry_on_startup=True,
-)
+configure(app)  # the example worker's settings, from the same CKB_CELERY__* environment
+app.conf.worker_prefetch_multiplier = 1
 _recorder = redis.Redis.from_url(os.environ["CKB_IT_RECORDER_URL"])
 
 HEADERS = ("ckb_topic", "ckb_partition", "ckb_offset", "ckb_key", "ckb_timestamp")
