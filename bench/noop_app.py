@@ -1,0 +1,36 @@
+"""The Celery app the benchmark's workers run: one no-op task, and nothing of ``bridge``.
+
+Started as ``celery -A bench.noop_app worker``. Settings follow ``tasks/celeryconfig.py`` (late
+acknowledgement, reject on worker loss, prefetch multiplier from ``CKB_WORKER_PREFETCH``), so
+the workers are configured as the README recommends for tasks fed from Kafka.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery
+
+from bench import TASK_NAME
+
+app = Celery("ckb-bench-worker")
+app.conf.update(
+    broker_url=os.environ["CKB_CELERY__BROKER_URL"],
+    result_backend=os.environ["CKB_CELERY__RESULT_BACKEND"],
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=int(os.environ.get("CKB_WORKER_PREFETCH", "4")),
+    broker_connection_retry_on_startup=True,
+    task_track_started=False,
+    worker_hijack_root_logger=False,
+)
+
+
+@app.task(name=TASK_NAME)  # type: ignore[untyped-decorator]
+def noop(*args: Any, **kwargs: Any) -> None:
+    """Do nothing: the benchmark measures what surrounds a task, not the task."""
+    return None
