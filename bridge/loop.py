@@ -141,10 +141,18 @@ class ConsumerLoop:
         self.stopping = True
 
     def run_once(self, poll_timeout: float = 0.05) -> None:
-        messages = self._consumer.consume(self.settings.kafka.poll_batch, poll_timeout)
-        for message in messages:
+        for message in self._fetch(poll_timeout):
             self._take(message)
         self._turn()
+
+    def _fetch(self, timeout: float) -> list[Any]:
+        """Wait for the first record only, then take what is already fetched (no 50 ms wait
+        for a full batch under light traffic)."""
+        first = self._consumer.poll(timeout)
+        if first is None:
+            return []
+        rest = self.settings.kafka.poll_batch - 1
+        return [first, *self._consumer.consume(rest, 0)] if rest > 0 else [first]
 
     def _turn(self) -> None:
         self._apply_commit_reports()

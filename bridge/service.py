@@ -24,7 +24,7 @@ from bridge.kafka_clients import consumer_config, producer_config
 from bridge.lag import LagMonitor
 from bridge.loop import CommitReports, ConsumerLoop
 from bridge.metrics import PrometheusObserver
-from bridge.results import ResultWatcher
+from bridge.results import ResultWatcher, json_decoder
 from bridge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,8 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
     def redis_client() -> redis.Redis:
         return redis.Redis.from_url(backend, socket_timeout=10, socket_connect_timeout=5)
 
-    decoder = app.backend.decode
+    # plain json.loads reads every field the bridge uses, at a fraction of Celery's decode cost
+    decoder = json_decoder if app.conf.result_serializer == "json" else app.backend.decode
     watcher = ResultWatcher(
         redis_client,
         key_prefix=settings.results.key_prefix,
