@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit integration bench clean
+.PHONY: demo test lint unit integration chaos bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(BIN)/pytest tests/integration
+
+## chaos: fault-injection scenarios with invariants (not part of `make test` yet: too slow)
+chaos: $(STAMP)
+	$(BIN)/pytest -m chaos tests/chaos
 
 ## bench: side-by-side benchmark (own Kafka + Redis + workers); see docs/benchmarks.md
 bench: $(STAMP)

@@ -1,0 +1,473 @@
+"""Fault-injection scenarios against the real stack: Kafka, Redis, Celery workers, `ckb run`.
+
+Each scenario produces numbered records, runs bridges, injects one kind of fault, and then
+checks the invariants I1-I5 (:mod:`tests.chaos.invariants`) and prints one summary line.
+``CKB_CHAOS_PROFILE=full`` runs more records, more rounds of each fault and both group
+protocols; the default SHORT profile keeps the whole suite to a few minutes.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
+
+from bridge.stack import LocalStack, StackInfo
+from tests.chaos.invariants import OK, Bounds
+from tests.chaos.kit import (
+    PROFILE,
+    Planned,
+    Profile,
+    RunFactory,
+    SupervisedWorker,
+    children_of,
+    kill_9,
+    kill_bridge_watchers,
+    logged,
+    numbered,
+    record_value,
+    redis_client,
+    tasks_held,
+)
+from tests.integration.conftest import SHARED_QUEUE
+from tests.integration.harness import (
+    Executions,
+    Worker,
+    start_worker,
+    unique,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(PROFILE.timeout)]
+
+
+def worker_logged(worker: Worker, text: str) -> bool:
+    return logged(worker.log_path, text) > 0
+
+
+def progress_points(rounds: int, first: float = 0.2, last: float = 0.7) -> list[float]:
+    """Fractions of the records executed at which the ``rounds`` faults start."""
+    if rounds == 1:
+        return [first]
+    return [first + (last - first) * i / (rounds - 1) for i in range(rounds)]
+
+
+# == 1 =================================================================================
+def test_01_baseline(run: RunFactory, profile: Profile) -> None:
+    partitions = 4
+    planned = numbered(profile.records(600), partitions, seed=1)
+    with run("01-baseline", planned, partitions) as sc:
+        sc.start(bridges=1, rate=300)
+        sc.finish(Bounds(duplicates=0))
+
+
+# == 2 =================================================================================
+def test_02_rolling_restart_with_sigterm(run: RunFactory, profile: Profile) -> None:
+    partitions, instances = 6, 3
+    planned = numbered(profile.records(900), partitions, seed=2, sleep_ms=(5, 40))
+    restarts = instances * profile.rounds
+    with run("02-rolling-sigterm", planned, partitions) as sc:
+        sc.start(bridges=instances, rate=90)
+        for point in progress_points(restarts, 0.1, 0.8):
+            sc.wait_executed(point)
+            oldest = sc.fleet.running()[0]
+            assert sc.fleet.stop(oldest) == 0, oldest.log_tail()
+            sc.fleet.start()
+        sc.fault_over()
+        sc.finish(Bounds(duplicates=0, recovery=90))
+
+
+# == 3 =================================================================================
+@pytest.mark.parametrize("protocol", PROFILE.protocols)
+def test_03_kill_9_of_a_bridge_with_tasks_in_flight(
+    run: RunFactory, profile: Profile, protocol: str, stack: StackInfo
+) -> None:
+    partitions, window = 4, 20
+    # workers slower than the producer: a backlog, so the victim always has tasks in flight
+    planned = numbered(profile.records(600), partitions, seed=3, sleep_ms=(50, 150))
+    broker = redis_client(f"{stack.redis_url}/0")
+    in_flight = []
+    # KIP-848: the broker notices the dead member after its session timeout (45 s default)
+    recovery = 60 if protocol == "cooperative-sticky" else 120
+    with run(
+        f"03-kill9-bridge[{protocol}]",
+        planned,
+        partitions,
+        route={"max_in_flight": window},
+        protocol=protocol,
+    ) as sc:
+        sc.start(bridges=2, rate=100)
+        for point in progress_points(profile.rounds, 0.3, 0.6):
+            sc.wait_executed(point)
+            # after a kill under KIP-848 the dead member keeps its partitions for the broker's
+            # session timeout: wait until work flows again, and kill the oldest member (the
+            # one sure to own partitions), so every round hits a bridge with tasks in flight
+            wait_for(lambda: tasks_held(broker, SHARED_QUEUE) > 0, 120, "tasks in flight")
+            in_flight.append(tasks_held(broker, SHARED_QUEUE))
+            sc.fleet.kill(sc.fleet.running()[0])
+            sc.fault_over()
+            sc.fleet.start()  # a replacement: the next round has a victim again
+        sc.note(f"tasks in flight at each kill (both bridges): {in_flight}")
+        sc.finish(Bounds(duplicates=window * partitions * profile.rounds, recovery=recovery))
+    broker.close()
+    assert all(in_flight), f"a kill found no task in flight: {in_flight}"
+
+
+# == 4 =================================================================================
+def test_04_sigstop_longer_than_session_timeout_then_sigcont(
+    run: RunFactory, profile: Profile
+) -> None:
+    partitions, window = 4, 20
+    planned = numbered(profile.records(600), partitions, seed=4, sleep_ms=(10, 50))
+    # classic protocol: the broker drops a silent member after session.timeout.ms (6 s);
+    # max.poll.interval.ms (7 s) is what the client itself enforces after SIGCONT
+    consumer = {"max.poll.interval.ms": 7000}
+    with run("04-sigstop", planned, partitions, consumer=consumer) as sc:
+        # slow production: records keep coming after SIGCONT, so the victim rejoins with work
+        sc.start(bridges=2, rate=25)
+        victim = sc.fleet.running()[0]
+        for round_, point in enumerate(progress_points(profile.rounds, 0.1, 0.5), start=1):
+            sc.wait_executed(point)
+            victim.process.send_signal(signal.SIGSTOP)
+            try:
+                time.sleep(12)  # > session.timeout.ms and > max.poll.interval.ms
+            finally:
+                victim.process.send_signal(signal.SIGCONT)
+            sc.fault_over()
+            sc.wait_logged("lost ", round_, timeout=30, bridge=victim)
+        sc.finish(Bounds(duplicates=window * partitions * profile.rounds, recovery=60))
+
+
+# == 5 =================================================================================
+@pytest.mark.parametrize("protocol", PROFILE.protocols)
+def test_05_rebalance_storm(run: RunFactory, profile: Profile, protocol: str) -> None:
+    seed, partitions = 5, 6
+    rng = random.Random(seed)
+    planned = numbered(profile.records(1200), partitions, seed=seed, sleep_ms=(5, 30))
+    events = []
+    with run(f"05-storm[{protocol},seed={seed}]", planned, partitions, protocol=protocol) as sc:
+        sc.start(bridges=2, rate=100)
+        for _ in range(6 * profile.rounds):
+            time.sleep(rng.uniform(0.5, 2.5))
+            running = sc.fleet.running()
+            if len(running) < 2 or (len(running) < 4 and rng.random() < 0.5):
+                sc.fleet.start(wait=False)
+                events.append("+")
+            else:
+                code = sc.fleet.stop(rng.choice(running))
+                events.append("-" if code == 0 else f"-({code})")
+        if not sc.fleet.running():
+            sc.fleet.start()
+        sc.fault_over()
+        sc.finish(Bounds(duplicates=0, recovery=90))
+    print(f"storm events: {' '.join(events)}")
+
+
+# == 6 =================================================================================
+def test_06_kill_9_of_a_celery_worker_mid_task(
+    run: RunFactory, profile: Profile, stack: StackInfo, work_dir: Path
+) -> None:
+    queue, partitions, window, concurrency = unique("q-chaos-kill"), 2, 6, 4
+    planned = numbered(profile.records(120), partitions, seed=6, sleep_ms=(200, 400))
+    # in flight: 2 x 6 tasks on 4 processes of ~0.3 s, far below task_timeout (no false resend)
+    route = {"queue": queue, "max_in_flight": window, "task_timeout": 6, "max_redispatch": 3}
+    (work_dir / "w0").mkdir()
+    workers = [start_worker(stack, queue, work_dir / "w0", concurrency=concurrency)]
+    try:
+        with run("06-kill9-worker", planned, partitions, route=route) as sc:
+            sc.start(bridges=1)
+            for round_, point in enumerate(progress_points(profile.rounds, 0.15, 0.5)):
+                worker = workers[-1]
+                # a) one pool process dies mid-task: acks_late + reject_on_worker_lost requeue it
+                sc.wait_executed(point)
+                kill_9(children_of(worker.process.pid)[0])
+                wait_for(partial(worker_logged, worker, "signal 9"), 20, "the pool process loss")
+                # b) the whole worker dies: its reserved tasks stay unacked in Redis (for the
+                # visibility timeout, an hour), so only the bridge's re-send after
+                # task_timeout finishes them
+                sc.wait_executed(point + 0.2)
+                pool = children_of(worker.process.pid)
+                kill_9(worker.process.pid)
+                for pid in pool:
+                    kill_9(pid)
+                worker.process.wait(10)
+                (work_dir / f"w{round_ + 1}").mkdir()
+                workers.append(
+                    start_worker(stack, queue, work_dir / f"w{round_ + 1}", concurrency=concurrency)
+                )
+                sc.fault_over()
+            sc.finish(Bounds(duplicates=window * partitions * profile.rounds, recovery=60))
+            assert "sending it again" in sc.fleet.logs(200_000), "no re-send after the kill"
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+# == 8 =================================================================================
+KAFKA_STOPS = ["sigterm"] if PROFILE.name == "short" else ["sigterm", "sigkill"]
+
+
+@pytest.mark.parametrize("how", KAFKA_STOPS)
+def test_08_kafka_broker_stopped_and_restarted(
+    run: RunFactory, profile: Profile, local_stack: LocalStack, how: str
+) -> None:
+    partitions, window = 3, 20
+    planned = numbered(profile.records(450), partitions, seed=8, sleep_ms=(5, 30))
+    stop_times, outages = [], []
+    with run(f"08-kafka-restart[{how}]", planned, partitions) as sc:
+        sc.start(bridges=2, rate=40)
+        for point in progress_points(profile.rounds, 0.25, 0.6):
+            sc.wait_executed(point)
+            down = time.monotonic()
+            try:
+                local_stack.stop_kafka(kill=how == "sigkill")
+                time.sleep(2)
+                # SIGTERM while Kafka is away: the bridge must still stop, in bounded time
+                leaving = sc.fleet.running()[0]
+                began = time.monotonic()
+                sc.fleet.stop(leaving, timeout=60)
+                stop_times.append(round(time.monotonic() - began, 1))
+                assert all(b.alive() for b in sc.fleet.running()), "a bridge died with Kafka"
+            finally:
+                local_stack.start_kafka()  # ALWAYS: the whole session shares this broker
+            outages.append(round(time.monotonic() - down, 1))
+            sc.fault_over()
+            sc.fleet.start()
+        sc.note(f"Kafka away {outages}s; a SIGTERM meanwhile took {stop_times}s")
+        sc.finish(Bounds(duplicates=window * partitions * profile.rounds, recovery=120))
+
+
+# == 9 =================================================================================
+def _max_message_bytes(admin: AdminClient, topic: str, value: int) -> None:
+    entry = ConfigEntry(
+        "max.message.bytes", str(value), incremental_operation=AlterConfigOpType.SET
+    )
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[entry])
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(30)
+
+
+def test_09_dlq_writes_fail_for_a_while_then_recover(
+    run: RunFactory, profile: Profile, stack: StackInfo
+) -> None:
+    partitions, total = 2, profile.records(200)
+    planned = [
+        Planned(n, n % partitions, record_value(n, 5, "always_fail"), "task_failed")
+        if n % 5 == 0
+        else Planned(n, n % partitions, record_value(n, 5))
+        for n in range(total)
+    ]
+    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    with run("09-dlq-outage", planned, partitions) as sc:
+        # a DLQ that refuses every dead letter (each is over 200 bytes) until it is fixed
+        dlq = NewTopic(sc.dlq_topic, 1, 1, config={"max.message.bytes": "200"})
+        admin.create_topics([dlq])[sc.dlq_topic].result(30)
+        sc.start(bridges=1, rate=40)
+        for round_ in range(1, profile.rounds + 1):
+            if round_ > 1:
+                _max_message_bytes(admin, sc.dlq_topic, 200)
+            sc.wait_logged("dead-letter topic unavailable", round_, timeout=60)
+            time.sleep(5)  # the outage: the failed records hold their partition's commit
+            _max_message_bytes(admin, sc.dlq_topic, 1_048_576)
+            sc.fault_over()
+            sc.wait_logged("dead-letter topic available again", round_, timeout=60)
+        # backoff between DLQ retries grows to 30 s, so recovery can take that long
+        sc.finish(Bounds(duplicates=0, recovery=75))
+
+
+# == 10 ================================================================================
+#: value → what the record must end as (route below: payload json, call arg, 4 KiB limit)
+POISON: list[tuple[bytes | None, str]] = [
+    (b"\xff\xfe\x00 not utf-8", "decode_error"),
+    (b'{"n": 1, "truncated', "decode_error"),
+    (None, "decode_error"),  # a tombstone
+    (b'{"pad": "' + b"x" * 8192 + b'"}', "decode_error"),  # over max_payload_bytes
+    (b"null", OK),  # odd but valid: the task receives None
+    (b'"a plain string"', OK),
+]
+
+
+def poisoned(total: int, partitions: int, seed: int) -> list[Planned]:
+    rng = random.Random(seed)
+    planned = []
+    for n in range(total):
+        partition = n % partitions
+        if n % 13 == 5:
+            value, expect = POISON[(n // 13) % len(POISON)]
+            planned.append(Planned(n, partition, value, expect))
+        elif n % 10 == 3:
+            planned.append(Planned(n, partition, record_value(n, 1, "always_fail"), "task_failed"))
+        elif n % 10 == 7:  # Celery retries it once, then it succeeds
+            planned.append(Planned(n, partition, record_value(n, 1, "fail_once")))
+        else:
+            planned.append(Planned(n, partition, record_value(n, rng.randint(0, 20))))
+    return planned
+
+
+def test_10_poison_records_mixed_into_the_stream(run: RunFactory, profile: Profile) -> None:
+    partitions = 4
+    planned = poisoned(profile.records(600), partitions, seed=10)
+    route = {"max_payload_bytes": 4096}
+    with run("10-poison", planned, partitions, route=route) as sc:
+        sc.start(bridges=1, rate=200)
+        report = sc.finish(Bounds(duplicates=0))
+    assert report.dead_letters == sum(p.expect != OK for p in planned)
+
+
+# == 11 ================================================================================
+def test_11_result_expires_before_the_bridge_reads_it(
+    run: RunFactory, profile: Profile, stack: StackInfo, work_dir: Path
+) -> None:
+    queue, partitions, window = unique("q-chaos-expiry"), 2, 8
+    total = profile.records(16)
+    planned = numbered(total, partitions, seed=11, sleep_ms=(1500, 1500))
+    worker = start_worker(
+        stack,
+        queue,
+        work_dir,
+        concurrency=2 * window,
+        app="tests.chaos.expiring_worker_app",
+        pool="threads",
+        env={"CKB_CHAOS_RESULT_EXPIRES": "1"},  # shorter than the 1.5 s the task runs
+    )
+    route = {"queue": queue, "max_in_flight": window, "task_timeout": 5, "max_redispatch": 3}
+    admin = redis_client(stack.redis_url)
+    broker = redis_client(f"{stack.redis_url}/0")
+    try:
+        # a session timeout above the SIGSTOP below: this is not a rebalance scenario
+        with run(
+            "11-result-expiry",
+            planned,
+            partitions,
+            route=route,
+            consumer={"session.timeout.ms": 20000, "heartbeat.interval.ms": 2000},
+        ) as sc:
+            sc.start(bridges=1)
+            bridge = sc.fleet.running()[0]
+            wait_for(lambda: tasks_held(broker, queue) >= window, 30, "tasks to start")
+            # the bridge freezes and its pub/sub connection (only that one: dropping the
+            # worker's would make kombu re-queue its unacked tasks) is dropped: every outcome
+            # published meanwhile is gone, and each result key expires before the bridge
+            # reads it again. Only task_timeout (a re-send, same task id) can finish them.
+            bridge.process.send_signal(signal.SIGSTOP)
+            try:
+                assert kill_bridge_watchers(admin), "the bridge held no pub/sub connection"
+                time.sleep(1.5 + 1 + 2)
+            finally:
+                bridge.process.send_signal(signal.SIGCONT)
+            sc.fault_over()
+            sc.finish(Bounds(duplicates=2 * window, recovery=60))
+            assert "sending it again" in bridge.log_tail(500_000)
+    finally:
+        worker.stop()
+        admin.close()
+        broker.close()
+
+
+# == 7 =================================================================================
+# Last in the file: a Redis restart reaches every worker of the session, and kombu's Redis
+# transport can crash a worker that is acking at that moment (`Unrecoverable error:
+# AttributeError: 'NoneType' object has no attribute 'hostname'`), so these scenarios run
+# their own worker under a supervisor that restarts it, as systemd or Kubernetes would.
+@pytest.fixture(scope="module")
+def recorder_worker(
+    stack: StackInfo, recorder_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[SupervisedWorker, Executions]]:
+    """A supervised worker recording in the recorder Redis, which no fault here touches."""
+    queue = unique("q-chaos-recorded")
+    env = {"CKB_IT_RECORDER_URL": recorder_url}
+    worker = SupervisedWorker(
+        lambda log_dir: start_worker(stack, queue, log_dir, concurrency=4, env=env),
+        queue,
+        tmp_path_factory.mktemp("recorded-worker"),
+    )
+    client = redis_client(recorder_url)
+    yield worker, Executions(client)
+    worker.stop()
+    client.close()
+
+
+def test_07a_redis_restarted_mid_run(
+    run: RunFactory,
+    profile: Profile,
+    local_stack: LocalStack,
+    recorder_worker: tuple[SupervisedWorker, Executions],
+) -> None:
+    worker, recorder = recorder_worker
+    queue, restarts = worker.queue, worker.restarts
+    partitions, window = 3, 20
+    planned = numbered(profile.records(450), partitions, seed=7, sleep_ms=(5, 30))
+    # queued tasks and stored results vanish with Redis: re-sending after task_timeout
+    # finishes the queued ones, tasks that ran but lost their result run again
+    route = {"queue": queue, "max_in_flight": window, "task_timeout": 8, "max_redispatch": 5}
+    with run("07a-redis-restart", planned, partitions, route=route, recorder=recorder) as sc:
+        sc.start(bridges=1, rate=60)
+        for point in progress_points(profile.rounds, 0.3, 0.6):
+            sc.wait_executed(point)
+            try:
+                local_stack.stop_redis()
+                time.sleep(2)
+            finally:
+                local_stack.start_redis()  # the whole session shares this Redis
+            sc.fault_over()
+        sc.note(f"worker restarts by its supervisor: {worker.restarts - restarts}")
+        window_total = window * partitions * profile.rounds
+        # a task that finishes while Redis is away cannot store its result; Celery then stores
+        # FAILURE ("Exception raised outside body": ConnectionError) once Redis is back, and
+        # the bridge dead-letters a record whose task body did run (counted, not lost)
+        sc.finish(Bounds(duplicates=window_total, spurious_dead_letters=window_total, recovery=90))
+
+
+@pytest.mark.parametrize("target", ["bridge-only", "all-pubsub"])
+def test_07b_pubsub_connection_killed(
+    run: RunFactory,
+    profile: Profile,
+    stack: StackInfo,
+    recorder_worker: tuple[SupervisedWorker, Executions],
+    target: str,
+) -> None:
+    """``bridge-only`` drops the bridge's watcher connection alone; ``all-pubsub`` runs
+    ``CLIENT KILL TYPE pubsub``, which also drops the Celery worker's broadcast connection:
+    the worker then reconnects and kombu re-queues the messages it had not acked, so those
+    tasks run twice. That is Celery's at-least-once, not the bridge's: it never re-sends."""
+    worker, recorder = recorder_worker
+    queue, restarts = worker.queue, worker.restarts
+    partitions, window = 3, 20
+    planned = numbered(profile.records(450), partitions, seed=71, sleep_ms=(5, 30))
+    # task_timeout far above the recovery bound: the reconcile sweep, not a re-send, must
+    # find the outcomes published while the watcher's connection was down
+    route = {"queue": queue, "max_in_flight": window, "task_timeout": 60}
+    admin = redis_client(stack.redis_url)
+    kills = []
+    duplicates = 0 if target == "bridge-only" else window * partitions * profile.rounds
+    with run(
+        f"07b-pubsub-kill[{target}]", planned, partitions, route=route, recorder=recorder
+    ) as sc:
+        sc.start(bridges=1, rate=60)
+        for point in progress_points(3 * profile.rounds, 0.2, 0.7):
+            sc.wait_executed(point)
+            if target == "bridge-only":
+                kills.append(kill_bridge_watchers(admin))
+            else:
+                kills.append(admin.client_kill_filter(_type="pubsub"))
+            sc.fault_over()
+        sc.note(f"connections killed per round: {kills}")
+        sc.note(f"worker restarts by its supervisor: {worker.restarts - restarts}")
+        sc.finish(Bounds(duplicates=duplicates, recovery=30))
+        log = sc.fleet.logs(500_000)
+    admin.close()
+    assert all(kills), "no pub/sub connection was killed"
+    assert "result backend (Redis) unavailable" in log, "the watcher never saw its connection go"
+    assert "sending it again" not in log, "outcomes were found by re-sending, not by the sweep"
