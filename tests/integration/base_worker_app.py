@@ -53,8 +53,14 @@ def _record_run(task: KafkaTask, label: str) -> int:
 
 
 @task_postrun.connect
-def _record_delivery(task_id: str, state: str | None, retval: Any, **_: Any) -> None:
-    entry = {"state": state, "retval": retval if state == "SUCCESS" else None}
+def _record_delivery(task_id: str, task: Any, state: str | None, retval: Any, **_: Any) -> None:
+    # a retry's new message is sent before this runs, so with concurrency > 1 the next
+    # delivery can be recorded first: record which attempt this was, readers sort by it
+    entry = {
+        "state": state,
+        "retries": task.request.retries,
+        "retval": retval if state == "SUCCESS" else None,
+    }
     _recorder.rpush(deliveries_key(task_id), json.dumps(entry))
 
 
