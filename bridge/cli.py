@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -69,6 +70,11 @@ def run(config_path: Path | None) -> None:
         bridge = build_bridge(settings)
         install_signal_handlers(bridge)
         bridge.run()
+        if not bridge.loop.closed_cleanly:
+            # a thread is still inside Consumer.close(); interpreter finalization would wait
+            # on the same unresponsive broker, so leave now (logged by the loop already)
+            logging.shutdown()
+            os._exit(0)
     except FatalConsumerError as exc:
         fail(str(exc))
     except Exception as exc:  # KafkaException on bad client config, …

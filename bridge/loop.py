@@ -19,6 +19,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from bridge.bounded_close import close_within
 from bridge.dead_letters import DeadLetterWriter, Failure
 from bridge.dispatch_ledger import DispatchLedger
 from bridge.dispatcher import Dispatcher, PublishError, TaskRequest
@@ -42,6 +43,13 @@ TP = tuple[str, int]
 SNAPSHOT_INTERVAL = 1.0
 #: most seconds shutdown waits for its last commit's answer (Kafka may be away)
 COMMIT_WAIT = 10.0
+#: most seconds shutdown waits for ``Consumer.close()`` (leaving the group) to return
+CLOSE_WAIT = 10.0
+#: most seconds shutdown waits for the dead-letter producer's last delivery reports
+DEAD_LETTER_FLUSH_WAIT = 5.0
+#: how long shutdown can take beyond ``limits.shutdown_grace`` when Kafka does not answer;
+#: a supervisor's grace period before SIGKILL should exceed the sum
+SHUTDOWN_OVERHEAD = DEAD_LETTER_FLUSH_WAIT + COMMIT_WAIT + CLOSE_WAIT
 
 FAILED_STATES = {"FAILURE": ("task_failed", "failure"), "REVOKED": ("task_revoked", "revoked")}
 
@@ -116,6 +124,8 @@ class ConsumerLoop:
         self.hurry = False
         self.last_iteration = clock()
         self._next_snapshot = 0.0
+        #: False when shutdown gave up waiting for ``Consumer.close()``
+        self.closed_cleanly = True
 
     # == lifecycle ======================================================================
     def subscribe(self) -> None:
@@ -202,7 +212,8 @@ class ConsumerLoop:
             self._dlq.poll()
             self._apply_events(timeout=0.05)
             self.last_iteration = self._clock()  # waiting on purpose is not hanging
-        left = self._dlq.flush(5.0)  # delivery reports finish their records before the commit
+        # delivery reports finish their records before the commit
+        left = self._dlq.flush(DEAD_LETTER_FLUSH_WAIT)
         if left:
             log.warning("%d dead letters not acknowledged at shutdown; not committed", left)
         self._commit(sync=False)
@@ -210,7 +221,9 @@ class ConsumerLoop:
         while self._commits_pending and self._clock() < deadline:  # never hang on Kafka
             self._consumer.consume(self.settings.kafka.poll_batch, 0.05)
             self._apply_commit_reports()
-        self._consumer.close()  # on_revoke runs with nothing to wait for: leaves the group
+        # on_revoke runs with nothing to wait for, then the consumer leaves the group; close()
+        # has no timeout of its own and waits as long as the coordinator does not answer
+        self.closed_cleanly = close_within(self._consumer.close, CLOSE_WAIT, "Kafka consumer")
         log.info(
             "stopped; %d tasks were still running (their records will be redelivered)",
             len(self.jobs),

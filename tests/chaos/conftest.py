@@ -69,6 +69,7 @@ def run(
         recorder: Executions | None = None,
         protocol: str = "cooperative-sticky",
         consumer: dict[str, Any] | None = None,
+        limits: dict[str, Any] | None = None,
     ) -> AbstractContextManager[Scenario]:
         assert shared_worker.process.poll() is None, f"shared worker died: {shared_worker.log_path}"
         settings = {
@@ -76,7 +77,7 @@ def run(
                 "consumer": {**PROTOCOLS[protocol], **(consumer or {})},
                 "commit_interval": 0.5,
             },
-            "limits": {"revoke_grace": 10, "shutdown_grace": 20},
+            "limits": {"revoke_grace": 10, "shutdown_grace": 20, **(limits or {})},
         }
         return scenario(
             name=name,

@@ -356,6 +356,11 @@ class Scenario:
 
         wait_for(enough, timeout, f"{times}x {text!r} in the bridge logs", 0.2)
 
+    def producer_done(self, timeout: float = 120) -> None:
+        """Until every record was produced (before a fault that takes Kafka away)."""
+        assert self.producer is not None, "start() the scenario first"
+        self.producer.wait(timeout)
+
     def executed(self) -> int:
         return self.recorder.count(self.topic)
 

@@ -38,6 +38,7 @@ import yaml
 from click.testing import CliRunner
 
 from bridge.cli import main as ckb_main
+from bridge.loop import SHUTDOWN_OVERHEAD
 from bridge.routing import Router
 from bridge.secrets import is_secret_key, mask_url
 from bridge.settings import Settings, load_settings
@@ -692,7 +693,7 @@ def test_compose_file_matches_the_compose_specification() -> None:
     ("old", "new"),
     [
         ("condition: service_healthy", "condition: service_ready"),
-        ("stop_grace_period: 45s", "stop_grace_periods: 45s"),
+        ("stop_grace_period: 60s", "stop_grace_periods: 60s"),
         ("healthcheck:\n", "health_check:\n"),
     ],
 )
@@ -730,7 +731,10 @@ def test_compose_services() -> None:
         "./config/compose-bridge.yaml": "/etc/ckb/bridge.yaml"
     }
     settings = load_settings(COMPOSE_BRIDGE)
-    assert seconds(services["bridge"]["stop_grace_period"]) > settings.limits.shutdown_grace
+    assert (
+        seconds(services["bridge"]["stop_grace_period"])
+        > settings.limits.shutdown_grace + SHUTDOWN_OVERHEAD
+    )
     assert (
         f"127.0.0.1:{settings.metrics.port}:{settings.metrics.port}" in services["bridge"]["ports"]
     )
@@ -854,7 +858,10 @@ def test_bridge_deployment(tmp_path: Path) -> None:
     }
     assert bridge["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert bridge["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
-    assert pod["spec"]["terminationGracePeriodSeconds"] > settings.limits.shutdown_grace
+    assert (
+        pod["spec"]["terminationGracePeriodSeconds"]
+        > settings.limits.shutdown_grace + SHUTDOWN_OVERHEAD
+    )
     assert {"requests", "limits"} <= set(bridge["resources"])
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     config_path = bridge["args"][bridge["args"].index("-c") + 1]
