@@ -33,6 +33,10 @@ def consumer_config(kafka: KafkaSettings) -> dict[str, Any]:
         "client.id": client_id("consumer"),
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
+        # librdkafka prefetches up to 100k records / 64 MiB per partition by default, far more
+        # than the bridge ever holds in flight; a smaller queue keeps RSS down on big backlogs
+        "queued.min.messages": 10_000,
+        "queued.max.messages.kbytes": 16_384,
     }
     config.update(kafka.consumer)
     if kafka.uses_kip848:

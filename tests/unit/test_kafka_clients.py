@@ -26,17 +26,25 @@ def test_consumer_defaults() -> None:
     assert config["auto.offset.reset"] == "earliest"
     assert config["client.id"] == client_id("consumer")
     assert config["client.id"].startswith("ckb-consumer-")
+    assert config["queued.min.messages"] == 10_000
+    assert config["queued.max.messages.kbytes"] == 16_384
 
 
 def test_consumer_passes_user_properties_through() -> None:
     kafka = KafkaSettings(
-        consumer={**SECURITY, "fetch.min.bytes": 1024, "auto.offset.reset": "latest"}
+        consumer={
+            **SECURITY,
+            "fetch.min.bytes": 1024,
+            "auto.offset.reset": "latest",
+            "queued.min.messages": 500,
+        }
     )
     config = consumer_config(kafka)
     for name, value in SECURITY.items():
         assert config[name] == value
     assert config["fetch.min.bytes"] == 1024
     assert config["auto.offset.reset"] == "latest"
+    assert config["queued.min.messages"] == 500
 
 
 def test_consumer_forces_manual_commits_even_if_user_set_otherwise() -> None:
