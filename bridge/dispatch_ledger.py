@@ -11,6 +11,11 @@ Two facts per task id, both read in one round trip:
 
 Reading or writing markers is best effort: when Redis does not answer, the bridge sends the
 record (at-least-once wins over duplicate suppression).
+
+A batch's markers are written with one small Lua script (one command for the whole batch;
+redis-py would otherwise pack one ``SET … EX`` per task, the costliest part of dispatching
+after Celery's own message building). Where an ACL forbids scripting, the ledger falls back to
+a pipeline of ``SET … EX`` for good.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -26,6 +32,14 @@ from bridge.results import Decoder, TaskEvent, event_from_meta
 log = logging.getLogger(__name__)
 
 MARKER_PREFIX = "ckb-dispatched-"
+
+#: KEYS: the markers; ARGV[1]: their TTL in seconds
+MARK_SCRIPT = """
+for _, key in ipairs(KEYS) do
+  redis.call('SET', key, '1', 'EX', ARGV[1])
+end
+return #KEYS
+"""
 
 
 @dataclass
@@ -42,6 +56,8 @@ class DispatchLedger:
         self._result_prefix = result_prefix
         self._decode = decode
         self._markers = markers
+        #: None once scripting was refused (ACL): markers go through a pipeline then
+        self._mark_script: Any = client.register_script(MARK_SCRIPT) if markers else None
 
     def lookup(self, task_ids: list[str]) -> Known:
         """Final results and live markers of ``task_ids`` (one pipelined round trip)."""
@@ -81,10 +97,21 @@ class DispatchLedger:
         """Note that these tasks were sent; the markers expire after ``ttl`` seconds."""
         if not self._markers:
             return
+        keys = [MARKER_PREFIX + task_id for task_id in task_ids]
+        if not keys:
+            return
+        seconds = max(1, int(ttl))
         try:
+            if self._mark_script is not None:
+                try:
+                    self._mark_script(keys=keys, args=[seconds])
+                    return
+                except redis.exceptions.NoPermissionError as exc:
+                    log.info("dispatch markers: scripting not allowed (%s); using SET", exc)
+                    self._mark_script = None
             pipe = self._client.pipeline(transaction=False)
-            for task_id in task_ids:
-                pipe.set(MARKER_PREFIX + task_id, b"1", ex=max(1, int(ttl)))
+            for key in keys:
+                pipe.set(key, b"1", ex=seconds)
             pipe.execute()
         except redis.RedisError as exc:
             log.debug("dispatch markers not written: %r", exc)
