@@ -7,8 +7,15 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
 
 from bridge.stack import StackInfo
-from tests.integration.conftest import SHARED_QUEUE
-from tests.integration.harness import Kafka, Worker, bridge_config, start_bridge, unique, wait_for
+from tests.integration.harness import (
+    SHARED_QUEUE,
+    Kafka,
+    Worker,
+    bridge_config,
+    start_bridge,
+    unique,
+    wait_for,
+)
 
 RETENTION_MS = "1234567890"
 
