@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/ckb demo
 
-## test: lint, type check, unit and integration tests (starts its own Kafka and Redis)
+## test: lint, type check, unit, integration and chaos (SHORT) tests (starts its own Kafka and Redis)
 test: lint $(STAMP)
 	$(BIN)/pytest
 
@@ -31,7 +31,8 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest tests/integration
 
-## chaos: fault-injection scenarios with invariants (not part of `make test` yet: too slow)
+## chaos: only the fault-injection scenarios (SHORT; part of `make test` too);
+## CKB_CHAOS_PROFILE=full make chaos for the long run
 chaos: $(STAMP)
 	$(BIN)/pytest -m chaos tests/chaos
 

@@ -84,8 +84,16 @@ class _Pending:
 class DeadLetterWriter:
     """Produces dead letters and calls ``on_done`` only after Kafka acknowledged them."""
 
-    def __init__(self, producer: Any, group: str, retry_max: float = 30.0) -> None:
+    def __init__(
+        self,
+        producer: Any,
+        group: str,
+        retry_max: float = 30.0,
+        before_write: Callable[[str], None] | None = None,
+    ) -> None:
         self._producer = producer
+        #: called with the topic before each write (creates missing dead-letter topics)
+        self._before_write = before_write
         self._group = group
         self._retry_max = retry_max
         self._retry: list[tuple[float, _Pending]] = []
@@ -105,6 +113,8 @@ class DeadLetterWriter:
 
     def _produce(self, item: _Pending) -> None:
         headers = dlq_headers(item.record, item.failure, self._group, datetime.now(UTC))
+        if self._before_write is not None:
+            self._before_write(item.topic)
 
         def delivered(err: Any, _msg: Any) -> None:
             self.in_flight -= 1

@@ -8,6 +8,9 @@ from typing import Any
 
 from bridge.settings import CLASSIC_ONLY, KafkaSettings
 
+#: librdkafka properties that say how to reach the cluster securely, shared by every client
+_SECURITY_PREFIXES = ("security.", "sasl.", "ssl.")
+
 
 def quiet_kafka_logger(command: str) -> logging.Logger:
     """A sink for librdkafka's own log lines, for one-shot commands (status, replay).
@@ -57,10 +60,19 @@ def producer_config(kafka: KafkaSettings) -> dict[str, Any]:
         "message.max.bytes": 16 * 1024 * 1024,
     }
     # security settings of the consumer apply to the producer unless it sets its own
-    config.update(
-        {k: v for k, v in kafka.consumer.items() if k.startswith(("security.", "sasl.", "ssl."))}
-    )
+    config.update({k: v for k, v in kafka.consumer.items() if k.startswith(_SECURITY_PREFIXES)})
     config.update(kafka.producer)
     # not overridable: a DLQ write must be durable and never duplicated by a producer retry
     config.update({"enable.idempotence": True, "acks": "all"})
+    return config
+
+
+def admin_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """For the dead-letter topics' ``AdminClient``: the DLQ producer's address and security."""
+    producer = producer_config(kafka)
+    config: dict[str, Any] = {
+        "bootstrap.servers": producer["bootstrap.servers"],
+        "client.id": client_id("admin"),
+    }
+    config.update({k: v for k, v in producer.items() if k.startswith(_SECURITY_PREFIXES)})
     return config

@@ -13,14 +13,16 @@ from typing import Any, Protocol
 
 import redis
 from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
 
 from bridge.celery_app import make_celery_app
 from bridge.dead_letters import DeadLetterWriter
 from bridge.dispatch_ledger import DispatchLedger
 from bridge.dispatcher import Dispatcher
+from bridge.dlq_topics import DeadLetterTopics
 from bridge.events import Observer, Observers, Totals
 from bridge.http_server import OpsApp, OpsServer, Probes
-from bridge.kafka_clients import consumer_config, producer_config
+from bridge.kafka_clients import admin_config, consumer_config, producer_config
 from bridge.lag import LagMonitor
 from bridge.loop import CommitReports, ConsumerLoop
 from bridge.metrics import PrometheusObserver
@@ -88,7 +90,13 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
         decoder=decoder,
     )
     producer = Producer(producer_config(settings.kafka))
-    dead_letters = DeadLetterWriter(producer, settings.kafka.group_id)
+    dead_letters = DeadLetterWriter(
+        producer,
+        settings.kafka.group_id,
+        before_write=DeadLetterTopics(
+            AdminClient(admin_config(settings.kafka)), settings.dead_letters
+        ).ensure,
+    )
     dispatcher = Dispatcher(app, batch_size=settings.kafka.poll_batch)
     totals = Totals()
     metrics = PrometheusObserver() if settings.metrics.enabled else None

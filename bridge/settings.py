@@ -136,6 +136,25 @@ class ResultSettings(Strict):
     dispatch_markers: bool = True
 
 
+class DeadLetterSettings(Strict):
+    """How the bridge creates dead-letter topics that do not exist yet."""
+
+    #: create a missing dead-letter topic before its first write (needs CREATE permission)
+    create_topics: bool = True
+    #: -1: the broker's default (``num.partitions``, ``default.replication.factor``)
+    partitions: int = Field(default=-1, ge=-1)
+    replication_factor: int = Field(default=-1, ge=-1)
+    #: topic configs for created dead-letter topics, e.g. ``retention.ms``
+    topic_config: dict[str, str | int] = Field(default_factory=dict)
+
+    @field_validator("partitions", "replication_factor")
+    @classmethod
+    def _not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be at least 1, or -1 for the broker's default")
+        return value
+
+
 class MetricsSettings(Strict):
     enabled: bool = True
     host: str = "0.0.0.0"
@@ -165,6 +184,7 @@ class Settings(BaseSettings):
     dedupe_generation: int = Field(default=0, ge=0)
     limits: Limits = Field(default_factory=Limits)
     results: ResultSettings = Field(default_factory=ResultSettings)
+    dead_letters: DeadLetterSettings = Field(default_factory=DeadLetterSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 

@@ -1,22 +1,10 @@
-"""Fixtures of the chaos suite: the integration session fixtures, shared, plus a recorder Redis.
-
-The stack fixtures (``local_stack``, ``stack``, ``kafka``, ``executions``, ``shared_worker``,
-``work_dir``) are the integration suite's own. A conftest's fixtures are visible only below its
-directory, and importing them here would create second fixture definitions, so a run of the
-whole ``tests`` tree would start a second Kafka and Redis. Instead, when this conftest is
-registered first (``pytest`` or ``pytest tests/chaos``: ``chaos`` sorts before
-``integration``), the integration conftest module is registered once as a plugin visible to
-the whole session, and its path is blocked so it is not registered a second time as a
-directory conftest: every test then shares one stack. When the integration conftest was
-already loaded (``pytest tests/integration tests/chaos``), its fixtures are made visible here
-through an alias module; that order starts a second stack, and still works.
-"""
+"""Fixtures of the chaos suite; the stack fixtures (``local_stack``, ``stack``, ``kafka``,
+``executions``, ``shared_worker``, ``work_dir``) are the session's, in ``tests/conftest.py``,
+so a run of the whole ``tests`` tree starts one Kafka and one Redis."""
 
 from __future__ import annotations
 
 import subprocess
-import sys
-import types
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -25,28 +13,16 @@ from typing import Any
 import pytest
 import redis
 
-import tests.integration.conftest as integration
 from bridge.stack import StackInfo, find_redis_server
 from tests.chaos.kit import PROFILE, PROTOCOLS, Planned, Profile, RunFactory, Scenario, scenario
-from tests.integration.harness import Executions, Kafka, Worker, wait_for
-
-_INTEGRATION_CONFTEST = str(Path(integration.__file__).resolve())
-_SHARED_NAME = "ckb-chaos-shared-stack-fixtures"
-_FIXTURES = ("local_stack", "stack", "kafka", "executions", "shared_worker", "work_dir")
-
-
-def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:
-    """Runs once for this conftest itself: share the integration fixtures session-wide."""
-    if plugin is not sys.modules[__name__] or manager.get_plugin(_SHARED_NAME) is not None:
-        return
-    if manager.get_plugin(_INTEGRATION_CONFTEST) is None:
-        manager.register(integration, name=_SHARED_NAME)
-        manager.set_blocked(_INTEGRATION_CONFTEST)
-        return
-    alias = types.ModuleType(_SHARED_NAME)
-    for name in _FIXTURES:
-        setattr(alias, name, getattr(integration, name))
-    manager.register(alias, name=_SHARED_NAME)
+from tests.integration.harness import (
+    SHARED_QUEUE,
+    Executions,
+    Kafka,
+    Worker,
+    free_port,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="session")
@@ -87,7 +63,7 @@ def run(
             recorder=recorder or executions,
             planned=planned,
             partitions=partitions,
-            route={"queue": integration.SHARED_QUEUE, "max_in_flight": 20, **(route or {})},
+            route={"queue": SHARED_QUEUE, "max_in_flight": 20, **(route or {})},
             settings=settings,
         )
 
@@ -97,7 +73,7 @@ def run(
 @pytest.fixture(scope="session")
 def recorder_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A second redis-server for execution records: restarting the stack's Redis keeps them."""
-    port = integration.free_port()
+    port = free_port()
     directory = tmp_path_factory.mktemp("recorder")
     process = subprocess.Popen(
         [str(find_redis_server()), "--port", str(port), "--bind", "127.0.0.1",

@@ -43,8 +43,8 @@ from tests.chaos.kit import (
     redis_client,
     tasks_held,
 )
-from tests.integration.conftest import SHARED_QUEUE
 from tests.integration.harness import (
+    SHARED_QUEUE,
     BridgeProcess,
     Executions,
     Worker,

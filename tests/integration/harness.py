@@ -25,6 +25,15 @@ from bridge.stack import StackInfo
 
 REPO = Path(__file__).resolve().parents[2]
 
+#: the queue of the session's shared worker (the ``shared_worker`` fixture)
+SHARED_QUEUE = "it-shared"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"

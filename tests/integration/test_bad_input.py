@@ -9,8 +9,8 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from bridge.stack import StackInfo
-from tests.integration.conftest import SHARED_QUEUE
 from tests.integration.harness import (
+    SHARED_QUEUE,
     Executions,
     Kafka,
     Worker,

@@ -12,9 +12,9 @@ from collections import Counter
 from pathlib import Path
 
 from bridge.stack import StackInfo
-from tests.integration.conftest import SHARED_QUEUE
 from tests.integration.harness import (
     REPO,
+    SHARED_QUEUE,
     Executions,
     Kafka,
     Worker,

@@ -22,12 +22,13 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from bridge.stack import LocalStack, StackInfo, find_redis_server
-from tests.integration.conftest import SHARED_QUEUE, free_port
 from tests.integration.harness import (
+    SHARED_QUEUE,
     Executions,
     Kafka,
     Worker,
     bridge_config,
+    free_port,
     start_bridge,
     start_worker,
     unique,

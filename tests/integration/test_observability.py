@@ -17,14 +17,15 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.stack import LocalStack, StackInfo
-from tests.integration.conftest import SHARED_QUEUE, free_port
 from tests.integration.harness import (
     REPO,
+    SHARED_QUEUE,
     BridgeProcess,
     Executions,
     Kafka,
     Worker,
     bridge_config,
+    free_port,
     start_bridge,
     unique,
     wait_for,

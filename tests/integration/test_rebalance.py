@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from bridge.stack import StackInfo
-from tests.integration.conftest import SHARED_QUEUE
 from tests.integration.harness import (
+    SHARED_QUEUE,
     BridgeProcess,
     Executions,
     Kafka,

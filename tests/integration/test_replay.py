@@ -14,9 +14,9 @@ from typing import Any
 import redis
 
 from bridge.stack import StackInfo
-from tests.integration.conftest import SHARED_QUEUE
 from tests.integration.harness import (
     REPO,
+    SHARED_QUEUE,
     BridgeProcess,
     Executions,
     Kafka,

@@ -403,3 +403,16 @@ def test_flush_reports_unacknowledged_including_retries(clock: Clock) -> None:
     producer.fail_next_deliveries = ["err"]
     writer.send(make_record(offset=2), "orders.dlq", FAILURE, Done())
     assert writer.flush(1.0) == 1  # the failed one waits for a retry
+
+
+def test_before_write_sees_the_topic_of_every_write_and_retry(clock: Clock) -> None:
+    producer = FakeProducer()
+    producer.fail_next_deliveries = ["_UNKNOWN_TOPIC"]
+    topics: list[str] = []
+    writer = DeadLetterWriter(producer, group="g", before_write=topics.append)
+    writer.send(make_record(), "orders.dlq", FAILURE, Done())
+    writer.poll()  # the delivery fails: retried after 1 s
+    clock.now += 1.1
+    writer.poll()
+    assert topics == ["orders.dlq", "orders.dlq"]
+    assert len(producer.produced) == 2

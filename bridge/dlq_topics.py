@@ -1,0 +1,95 @@
+"""Creating dead-letter topics that do not exist yet: once per topic, never blocking the loop.
+
+Many clusters switch ``auto.create.topics.enable`` off, and a dead letter for a topic that
+does not exist can only wait. Before the first dead letter to a topic the bridge asks Kafka
+to create it (``CreateTopics`` through an ``AdminClient``; asynchronous, the answer arrives on
+librdkafka's thread). "Already exists" is the usual answer and says nothing. Any other error
+(no ``CREATE`` permission, a cluster policy, Kafka away) is logged once per topic with the
+fix; the dead letter keeps being retried and the topic is requested again with the next try.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+
+from bridge.settings import DeadLetterSettings
+
+log = logging.getLogger(__name__)
+
+#: seconds the broker may take to create a topic, and the whole request
+CREATE_TIMEOUT = 15.0
+
+
+class DeadLetterTopics:
+    """Requests each dead-letter topic once; again only after a failed request."""
+
+    def __init__(self, admin: Any, settings: DeadLetterSettings) -> None:
+        self._admin = admin
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._requested: set[str] = set()
+        self._warned: set[str] = set()
+
+    def ensure(self, topic: str) -> None:
+        """Ask Kafka to create ``topic`` unless already asked (cheap: a set lookup)."""
+        if not self._settings.create_topics:
+            return
+        with self._lock:
+            if topic in self._requested:
+                return
+            self._requested.add(topic)
+        new = NewTopic(
+            topic,
+            num_partitions=self._settings.partitions,
+            replication_factor=self._settings.replication_factor,
+            config={key: str(value) for key, value in self._settings.topic_config.items()},
+        )
+        try:
+            futures = self._admin.create_topics(
+                [new], operation_timeout=CREATE_TIMEOUT, request_timeout=CREATE_TIMEOUT
+            )
+        except (KafkaException, ValueError, TypeError) as exc:  # refused before it was sent
+            self._failed(topic, exc)
+            return
+        futures[topic].add_done_callback(lambda future: self._answered(topic, future))
+
+    def _answered(self, topic: str, future: Any) -> None:
+        error = future.exception()
+        if error is None:
+            log.info("created dead-letter topic %s", topic)
+        elif _code(error) != KafkaError.TOPIC_ALREADY_EXISTS:
+            self._failed(topic, error)
+
+    def _failed(self, topic: str, error: BaseException) -> None:
+        with self._lock:
+            self._requested.discard(topic)  # asked again with the next write to it
+            first = topic not in self._warned
+            self._warned.add(topic)
+        if first:
+            log.warning(
+                "cannot create dead-letter topic %s (%s): create it, or grant the bridge's "
+                "principal CREATE on it; its dead letters are retried until it exists",
+                topic,
+                _describe(error),
+            )
+
+    def requested(self) -> set[str]:
+        with self._lock:
+            return set(self._requested)
+
+
+def _code(error: BaseException) -> int | None:
+    kafka_error = error.args[0] if error.args else None
+    return kafka_error.code() if isinstance(kafka_error, KafkaError) else None
+
+
+def _describe(error: BaseException) -> str:
+    kafka_error = error.args[0] if error.args else None
+    if isinstance(kafka_error, KafkaError):
+        return f"{kafka_error.name()}: {kafka_error.str()}"
+    return f"{type(error).__name__}: {error}"

@@ -1,0 +1,64 @@
+"""One real Kafka + Redis per test session, and one shared Celery worker.
+
+Here at the top of ``tests/`` so the integration and chaos suites share them in one session:
+the stack starts once, on first use (unit tests never ask for it). Tests use unique topic and
+group names, so they never see each other's records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from bridge.stack import LocalStack, StackInfo
+from tests.integration.harness import (
+    SHARED_QUEUE,
+    Executions,
+    Kafka,
+    Worker,
+    free_port,
+    start_worker,
+)
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    state = tmp_path_factory.mktemp("stack")
+    stack = LocalStack(state, kafka_port=free_port(), redis_port=free_port())
+    stack.up()
+    try:
+        yield stack
+    finally:
+        stack.down()
+
+
+@pytest.fixture(scope="session")
+def stack(local_stack: LocalStack) -> StackInfo:
+    return local_stack.up()  # idempotent: returns the running stack's addresses
+
+
+@pytest.fixture(scope="session")
+def kafka(stack: StackInfo) -> Kafka:
+    return Kafka(stack.kafka_bootstrap)
+
+
+@pytest.fixture(scope="session")
+def executions(stack: StackInfo) -> Iterator[Executions]:
+    client = redis.Redis.from_url(f"{stack.redis_url}/2")
+    yield Executions(client)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def shared_worker(stack: StackInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    worker = start_worker(stack, SHARED_QUEUE, tmp_path_factory.mktemp("worker"), concurrency=8)
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def work_dir(tmp_path: Path) -> Path:
+    return tmp_path

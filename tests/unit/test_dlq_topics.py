@@ -1,0 +1,100 @@
+"""DeadLetterTopics: each topic requested once; again only after a failed request."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from bridge.dlq_topics import DeadLetterTopics
+from bridge.settings import DeadLetterSettings
+
+
+class RecordingAdmin:
+    """Keeps every CreateTopics request; the test answers the futures."""
+
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+        self.futures: list[Future[None]] = []
+
+    def create_topics(self, topics: list[Any], **_: Any) -> dict[str, Future[None]]:
+        self.requests.extend(topics)
+        futures = {topic.topic: Future[None]() for topic in topics}
+        self.futures.extend(futures.values())
+        return futures
+
+
+def refused(code: int) -> KafkaException:
+    return KafkaException(KafkaError(code))
+
+
+def test_each_topic_is_requested_once_with_the_configured_layout() -> None:
+    admin = RecordingAdmin()
+    settings = DeadLetterSettings(
+        partitions=3, replication_factor=2, topic_config={"retention.ms": 86_400_000}
+    )
+    topics = DeadLetterTopics(admin, settings)
+    for _ in range(3):
+        topics.ensure("orders.dlq")
+    topics.ensure("payments.dlq")
+    assert [r.topic for r in admin.requests] == ["orders.dlq", "payments.dlq"]
+    first = admin.requests[0]
+    assert (first.num_partitions, first.replication_factor) == (3, 2)
+    assert first.config == {"retention.ms": "86400000"}
+
+
+def test_defaults_leave_partitions_and_replication_to_the_broker() -> None:
+    admin = RecordingAdmin()
+    DeadLetterTopics(admin, DeadLetterSettings()).ensure("orders.dlq")
+    assert (admin.requests[0].num_partitions, admin.requests[0].replication_factor) == (-1, -1)
+
+
+def test_switched_off_nothing_is_requested() -> None:
+    admin = RecordingAdmin()
+    DeadLetterTopics(admin, DeadLetterSettings(create_topics=False)).ensure("orders.dlq")
+    assert admin.requests == []
+
+
+def test_an_existing_topic_is_not_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    admin = RecordingAdmin()
+    topics = DeadLetterTopics(admin, DeadLetterSettings())
+    topics.ensure("orders.dlq")
+    admin.futures[0].set_exception(refused(KafkaError.TOPIC_ALREADY_EXISTS))
+    topics.ensure("orders.dlq")
+    assert len(admin.requests) == 1
+    assert "cannot create" not in caplog.text
+
+
+def test_a_refused_request_is_warned_once_and_asked_again_with_the_next_write(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    admin = RecordingAdmin()
+    topics = DeadLetterTopics(admin, DeadLetterSettings())
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            topics.ensure("orders.dlq")
+            admin.futures[-1].set_exception(refused(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+    assert len(admin.requests) == 3, "every write after a failure asks again"
+    assert caplog.text.count("cannot create dead-letter topic orders.dlq") == 1
+    assert "TOPIC_AUTHORIZATION_FAILED" in caplog.text
+    assert "grant the bridge's principal CREATE" in caplog.text
+
+
+def test_a_created_topic_is_logged_and_not_asked_again(caplog: pytest.LogCaptureFixture) -> None:
+    admin = RecordingAdmin()
+    topics = DeadLetterTopics(admin, DeadLetterSettings())
+    with caplog.at_level(logging.INFO):
+        topics.ensure("orders.dlq")
+        admin.futures[0].set_result(None)
+        topics.ensure("orders.dlq")
+    assert len(admin.requests) == 1
+    assert "created dead-letter topic orders.dlq" in caplog.text
+
+
+@pytest.mark.parametrize("field", ["partitions", "replication_factor"])
+def test_zero_partitions_or_replicas_is_a_config_error(field: str) -> None:
+    with pytest.raises(ValueError, match="at least 1, or -1"):
+        DeadLetterSettings(**{field: 0})
