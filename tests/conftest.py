@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import redis
+from _pytest.terminal import TerminalReporter
 
 from bridge.stack import LocalStack, StackInfo
+from tests import figures
 from tests.integration.harness import (
     SHARED_QUEUE,
     Executions,
@@ -62,3 +64,10 @@ def shared_worker(stack: StackInfo, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture
 def work_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
+    if figures.LINES:
+        terminalreporter.section("measured figures")
+        for line in figures.LINES:
+            terminalreporter.write_line(line)

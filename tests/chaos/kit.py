@@ -35,6 +35,7 @@ from tests.chaos.invariants import (
     Report,
     check,
 )
+from tests.figures import figure
 from tests.integration.harness import (
     BridgeProcess,
     Executions,
@@ -398,7 +399,7 @@ class Scenario:
         report = check(evidence, bounds)
         report.violations.extend(self._exit_code_violations())
         line = report.line(self.name) + "".join(f"; {note}" for note in self.notes)
-        print(f"\n{line}")
+        figure(line)
         save_report(self.name, report, self.notes)
         assert report.ok, f"{line}\n{self.fleet.logs()}"
         return report

@@ -43,6 +43,7 @@ from tests.chaos.kit import (
     redis_client,
     tasks_held,
 )
+from tests.figures import figure
 from tests.integration.harness import (
     SHARED_QUEUE,
     BridgeProcess,
@@ -175,7 +176,7 @@ def test_05_rebalance_storm(run: RunFactory, profile: Profile, protocol: str) ->
             sc.fleet.start()
         sc.fault_over()
         sc.finish(Bounds(duplicates=0, recovery=90))
-    print(f"storm events: {' '.join(events)}")
+    figure(f"storm events: {' '.join(events)}")
 
 
 # == 6 =================================================================================

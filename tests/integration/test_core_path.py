@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from bridge.stack import StackInfo
+from tests.figures import figure
 from tests.integration.harness import (
     REPO,
     SHARED_QUEUE,
@@ -105,8 +106,8 @@ def test_5000_records_out_of_order_never_commit_ahead(
     ]
     assert len(probe.samples) > 10, "the probe should have sampled during the run"
     assert not ahead, f"committed past unfinished records: {ahead[:5]}"
-    print(
-        f"\ncore path: {total} records, {partitions} partitions, {elapsed:.1f}s, "
+    figure(
+        f"core path: {total} records, {partitions} partitions, {elapsed:.1f}s, "
         f"{total / elapsed:.0f} records/s, {sum(done.values()) - total} duplicate runs, "
         f"{len(probe.samples)} commit samples"
     )

@@ -22,6 +22,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from bridge.stack import LocalStack, StackInfo, find_redis_server
+from tests.figures import figure
 from tests.integration.harness import (
     SHARED_QUEUE,
     Executions,
@@ -116,8 +117,8 @@ def test_failures_retries_and_malformed_records(
     assert not (always & ran), "always-failing records never record a success"
     ok = set(range(total)) - always - once - malformed
     assert ok <= ran
-    print(
-        f"\nfailure path: {total} records in {elapsed:.1f}s; DLQ task_failed={len(always)}, "
+    figure(
+        f"failure path: {total} records in {elapsed:.1f}s; DLQ task_failed={len(always)}, "
         f"decode_error={len(malformed)}; fail-once succeeded={len(once & ran)}"
     )
 
@@ -263,7 +264,7 @@ def test_redis_restart_mid_run_loses_no_record(
         worker.stop()
     done = Counter(run["payload"]["n"] for run in runs.of(topic))
     assert set(done) == set(range(total)), f"lost: {sorted(set(range(total)) - set(done))[:10]}"
-    print(
-        f"\nredis restart: {total} records, {sum(done.values()) - total} duplicate runs "
+    figure(
+        f"redis restart: {total} records, {sum(done.values()) - total} duplicate runs "
         "(a task that ran but whose result was lost with Redis runs again)"
     )

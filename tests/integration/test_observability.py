@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.stack import LocalStack, StackInfo
+from tests.figures import figure
 from tests.integration.harness import (
     REPO,
     SHARED_QUEUE,
@@ -176,7 +177,7 @@ def test_metrics_probes_and_status_during_and_after_a_run(
         assert bridge.alive(), bridge.log_tail()
     finally:
         assert bridge.terminate() == 0, bridge.log_tail()
-    print(f"\nobservability: {time.monotonic() - started:.1f}s, {len(scraper.scrapes)} scrapes")
+    figure(f"observability: {time.monotonic() - started:.1f}s, {len(scraper.scrapes)} scrapes")
 
 
 def check_scrapes_during_run(scrapes: list[Scrape], topic: str, dispatchable: int) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from bridge.stack import StackInfo
+from tests.figures import figure
 from tests.integration.harness import (
     SHARED_QUEUE,
     BridgeProcess,
@@ -98,8 +99,8 @@ def test_instances_join_and_leave_with_zero_duplicates(
     runs = run_counts(executions, topic)
     missing = total - len(runs)
     duplicates = sum(n - 1 for n in runs.values())
-    print(
-        f"\nscale-out ({protocol}): {total} records, 12 partitions, 4 instances joined/left, "
+    figure(
+        f"scale-out ({protocol}): {total} records, 12 partitions, 4 instances joined/left, "
         f"{elapsed:.1f}s, {total / elapsed:.0f} records/s, {duplicates} duplicate runs"
     )
     assert missing == 0, f"{missing} records never ran"
@@ -126,7 +127,7 @@ def test_kill_9_of_an_instance_loses_nothing(
         assert survivor.terminate() == 0, survivor.log_tail()
     runs = run_counts(executions, topic)
     duplicates = sum(n - 1 for n in runs.values())
-    print(f"\nkill -9: {total} records, {duplicates} duplicate runs (window {window}/partition)")
+    figure(f"kill -9: {total} records, {duplicates} duplicate runs (window {window}/partition)")
     assert len(runs) == total, f"{total - len(runs)} records lost"
     # at most the killed instance's in-flight window (it owned at most all partitions)
     assert duplicates <= window * partitions
@@ -203,8 +204,8 @@ def test_key_mode_orders_per_key_and_runs_more_at_once_than_partition_mode(
         for before, after in itertools.pairwise(p_runs):
             assert before["end"] <= after["start"], "partition mode ran two at once"
     key_overlap, partition_overlap = max_overlap(runs), max_overlap(partition_runs)
-    print(
-        f"\nordering: key mode {key_rate:.0f} records/s (up to {key_overlap} at once), "
+    figure(
+        f"ordering: key mode {key_rate:.0f} records/s (up to {key_overlap} at once), "
         f"partition mode {partition_rate:.0f}/s (up to {partition_overlap} at once)"
     )
     # the structural reason key mode is faster, not a timing: more records run at once
