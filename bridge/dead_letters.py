@@ -89,11 +89,12 @@ class DeadLetterWriter:
         producer: Any,
         group: str,
         retry_max: float = 30.0,
-        before_write: Callable[[str], None] | None = None,
+        topic_ready: Callable[[str], bool] | None = None,
     ) -> None:
         self._producer = producer
-        #: called with the topic before each write (creates missing dead-letter topics)
-        self._before_write = before_write
+        #: asked before each write; False holds it (its topic is being created)
+        self._topic_ready = topic_ready
+        self._held: list[_Pending] = []
         self._group = group
         self._retry_max = retry_max
         self._retry: list[tuple[float, _Pending]] = []
@@ -112,9 +113,10 @@ class DeadLetterWriter:
         self._produce(_Pending(record, topic, failure, on_done, wanted))
 
     def _produce(self, item: _Pending) -> None:
+        if self._topic_ready is not None and not self._topic_ready(item.topic):
+            self._held.append(item)  # looked at again on every poll()
+            return
         headers = dlq_headers(item.record, item.failure, self._group, datetime.now(UTC))
-        if self._before_write is not None:
-            self._before_write(item.topic)
 
         def delivered(err: Any, _msg: Any) -> None:
             self.in_flight -= 1
@@ -148,6 +150,10 @@ class DeadLetterWriter:
     def poll(self) -> None:
         """Serve delivery reports and re-produce writes whose backoff has passed."""
         self._producer.poll(0)
+        if self._held:
+            held, self._held = self._held, []
+            for item in held:
+                self._produce(item)
         if not self._retry:
             return
         now = time.monotonic()
@@ -159,13 +165,14 @@ class DeadLetterWriter:
     @property
     def pending(self) -> int:
         """Dead letters not yet acknowledged (in flight or waiting to be retried)."""
-        return self.in_flight + len(self._retry)
+        return self.in_flight + len(self._retry) + len(self._held)
 
     def forget(self, tps: set[tuple[str, int]]) -> None:
         """Drop retries for records of partitions this bridge no longer owns."""
         self._retry = [(w, item) for w, item in self._retry if item.record.tp not in tps]
+        self._held = [item for item in self._held if item.record.tp not in tps]
 
     def flush(self, timeout: float) -> int:
         """Wait for outstanding writes; returns how many are still not acknowledged."""
         remaining: int = self._producer.flush(timeout)
-        return remaining + len(self._retry)
+        return remaining + len(self._retry) + len(self._held)

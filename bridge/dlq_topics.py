@@ -3,9 +3,10 @@
 Many clusters switch ``auto.create.topics.enable`` off, and a dead letter for a topic that
 does not exist can only wait. Before the first dead letter to a topic the bridge asks Kafka
 to create it (``CreateTopics`` through an ``AdminClient``; asynchronous, the answer arrives on
-librdkafka's thread). "Already exists" is the usual answer and says nothing. Any other error
-(no ``CREATE`` permission, a cluster policy, Kafka away) is logged once per topic with the
-fix; the dead letter keeps being retried and the topic is requested again with the next try.
+librdkafka's thread, the loop never waits for it) and holds that topic's dead letters until
+the answer came. "Already exists" is the usual answer and says nothing. Any other error (no
+``CREATE`` permission, a cluster policy, Kafka away) is logged once per topic with the fix;
+the dead letter is written and retried as usual, and the topic is asked for again.
 """
 
 from __future__ import annotations
@@ -26,23 +27,43 @@ CREATE_TIMEOUT = 15.0
 
 
 class DeadLetterTopics:
-    """Requests each dead-letter topic once; again only after a failed request."""
+    """Answers "may a dead letter be written to this topic now?", creating it first.
+
+    The first write to a topic waits for Kafka's answer to the ``CreateTopics`` request:
+    producing at once would let a broker with ``auto.create.topics.enable`` create the topic
+    first, with its own defaults instead of the configured layout. Any answer releases the
+    writes; after a failed request the next write asks again (the writer retries with backoff).
+    """
 
     def __init__(self, admin: Any, settings: DeadLetterSettings) -> None:
         self._admin = admin
         self._settings = settings
         self._lock = threading.Lock()
-        self._requested: set[str] = set()
+        #: topics whose CreateTopics request has not been answered yet
+        self._asking: set[str] = set()
+        #: topics that exist (created, or already there)
+        self._known: set[str] = set()
+        #: topics whose request failed; writes go ahead, the next one asks again
+        self._refused: set[str] = set()
         self._warned: set[str] = set()
 
-    def ensure(self, topic: str) -> None:
-        """Ask Kafka to create ``topic`` unless already asked (cheap: a set lookup)."""
+    def ready(self, topic: str) -> bool:
+        """True when a write to ``topic`` may go now; False while its creation is asked for."""
         if not self._settings.create_topics:
-            return
+            return True
         with self._lock:
-            if topic in self._requested:
-                return
-            self._requested.add(topic)
+            if topic in self._known:
+                return True
+            if topic in self._refused:
+                self._refused.discard(topic)  # this write goes; the one after it asks again
+                return True
+            if topic in self._asking:
+                return False
+            self._asking.add(topic)
+        self._ask(topic)
+        return False
+
+    def _ask(self, topic: str) -> None:
         new = NewTopic(
             topic,
             num_partitions=self._settings.partitions,
@@ -60,14 +81,19 @@ class DeadLetterTopics:
 
     def _answered(self, topic: str, future: Any) -> None:
         error = future.exception()
+        if error is not None and _code(error) != KafkaError.TOPIC_ALREADY_EXISTS:
+            self._failed(topic, error)
+            return
         if error is None:
             log.info("created dead-letter topic %s", topic)
-        elif _code(error) != KafkaError.TOPIC_ALREADY_EXISTS:
-            self._failed(topic, error)
+        with self._lock:
+            self._asking.discard(topic)
+            self._known.add(topic)
 
     def _failed(self, topic: str, error: BaseException) -> None:
         with self._lock:
-            self._requested.discard(topic)  # asked again with the next write to it
+            self._asking.discard(topic)
+            self._refused.add(topic)
             first = topic not in self._warned
             self._warned.add(topic)
         if first:
@@ -77,10 +103,6 @@ class DeadLetterTopics:
                 topic,
                 _describe(error),
             )
-
-    def requested(self) -> set[str]:
-        with self._lock:
-            return set(self._requested)
 
 
 def _code(error: BaseException) -> int | None:

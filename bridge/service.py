@@ -93,9 +93,9 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
     dead_letters = DeadLetterWriter(
         producer,
         settings.kafka.group_id,
-        before_write=DeadLetterTopics(
+        topic_ready=DeadLetterTopics(
             AdminClient(admin_config(settings.kafka)), settings.dead_letters
-        ).ensure,
+        ).ready,
     )
     dispatcher = Dispatcher(app, batch_size=settings.kafka.poll_batch)
     totals = Totals()

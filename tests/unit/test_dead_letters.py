@@ -405,14 +405,36 @@ def test_flush_reports_unacknowledged_including_retries(clock: Clock) -> None:
     assert writer.flush(1.0) == 1  # the failed one waits for a retry
 
 
-def test_before_write_sees_the_topic_of_every_write_and_retry(clock: Clock) -> None:
+def test_a_write_waits_while_its_topic_is_not_ready(clock: Clock) -> None:
     producer = FakeProducer()
-    producer.fail_next_deliveries = ["_UNKNOWN_TOPIC"]
-    topics: list[str] = []
-    writer = DeadLetterWriter(producer, group="g", before_write=topics.append)
-    writer.send(make_record(), "orders.dlq", FAILURE, Done())
-    writer.poll()  # the delivery fails: retried after 1 s
-    clock.now += 1.1
+    ready = {"orders.dlq": False}
+    asked: list[str] = []
+
+    def topic_ready(topic: str) -> bool:
+        asked.append(topic)
+        return ready[topic]
+
+    writer = DeadLetterWriter(producer, group="g", topic_ready=topic_ready)
+    done = Done()
+    writer.send(make_record(), "orders.dlq", FAILURE, done)
     writer.poll()
-    assert topics == ["orders.dlq", "orders.dlq"]
-    assert len(producer.produced) == 2
+    assert producer.produced == [], "held while the topic is being created"
+    assert writer.pending == 1
+    assert writer.flush(0) == 1, "a held dead letter is not flushed"
+    ready["orders.dlq"] = True
+    writer.poll()  # released: produced
+    assert len(producer.produced) == 1
+    writer.poll()  # its delivery report
+    assert done.calls == 1
+    assert writer.pending == 0
+    assert asked == ["orders.dlq"] * 3
+
+
+def test_held_writes_of_a_revoked_partition_are_forgotten(clock: Clock) -> None:
+    producer = FakeProducer()
+    writer = DeadLetterWriter(producer, group="g", topic_ready=lambda _topic: False)
+    record = make_record()
+    writer.send(record, "orders.dlq", FAILURE, Done())
+    assert writer.pending == 1
+    writer.forget({record.tp})
+    assert writer.pending == 0
