@@ -33,6 +33,7 @@ from bridge.results import ResultWatcher, TaskEvent
 from bridge.routing import Router
 from bridge.settings import Route, Settings
 from bridge.task_ids import task_id_for
+from bridge.tracing import trace_headers
 
 log = logging.getLogger(__name__)
 
@@ -263,20 +264,21 @@ class ConsumerLoop:
                 ),
             )
             return
+        task_id = task_id_for(
+            self.settings.kafka.group_id,
+            record.topic,
+            record.partition,
+            record.offset,
+            record.timestamp_ms,
+            self.settings.dedupe_generation,
+        )
         request = TaskRequest(
-            task_id=task_id_for(
-                self.settings.kafka.group_id,
-                record.topic,
-                record.partition,
-                record.offset,
-                record.timestamp_ms,
-                self.settings.dedupe_generation,
-            ),
+            task_id=task_id,
             name=route.task,
             args=args,
             kwargs=kwargs,
             queue=route.queue,
-            headers=kafka_headers(record),
+            headers={**kafka_headers(record), **trace_headers(record.headers, task_id)},
             label=f"<kafka {record.coordinates()}>",
         )
         self._waiting.setdefault(record.tp, deque()).append(Waiting(record, route, epoch, request))

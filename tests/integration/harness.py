@@ -192,13 +192,14 @@ def start_worker(
     app: str = "tests.integration.worker_app",
     pool: str = "prefork",
     env: dict[str, str] | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> Worker:
     """A real ``celery worker`` process; ``env`` adds to (or overrides) :func:`worker_env`."""
     log_path = log_dir / f"worker-{queue}.log"
     command = [
         sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue, "-P", pool,
         "-c", str(concurrency), "--loglevel", "WARNING", "-n", f"{queue}@%h",
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "--without-gossip", "--without-mingle", "--without-heartbeat", *extra_args,
     ]  # fmt: skip
     with log_path.open("wb") as log:
         process = subprocess.Popen(

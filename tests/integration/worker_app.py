@@ -22,6 +22,8 @@ app.conf.worker_prefetch_multiplier = 1
 _recorder = redis.Redis.from_url(os.environ["CKB_IT_RECORDER_URL"])
 
 HEADERS = ("ckb_topic", "ckb_partition", "ckb_offset", "ckb_key", "ckb_timestamp")
+#: tracing headers the bridge adds (bridge.tracing); recorded when present
+TRACE_HEADERS = ("traceparent", "tracestate", "ckb_correlation_id")
 
 
 def executions_key(topic: str) -> str:
@@ -67,6 +69,7 @@ def record(self: Any, payload: Any) -> str:
         "end": time.time(),
         "payload": payload,
         **headers,
+        "trace": {name: getattr(self.request, name, None) for name in TRACE_HEADERS},
     }
     _recorder.rpush(executions_key(str(headers["ckb_topic"])), json.dumps(line))
     return "ok"
