@@ -297,3 +297,24 @@ def start_bridge(config: dict[str, Any], work_dir: Path, name: str = "bridge") -
             stderr=subprocess.STDOUT,
         )
     return BridgeProcess(process, config_path, log_path, config)
+
+
+def run_bridge_to_end(
+    stack: StackInfo,
+    kafka: Kafka,
+    work_dir: Path,
+    routes: list[dict[str, Any]],
+    partitions: int,
+    timeout: float = 60,
+    **overrides: Any,
+) -> BridgeProcess:
+    """Run ``ckb run`` on the first route's topic until every end offset is committed, then
+    stop it with SIGTERM (it must exit 0). Returns the stopped bridge (log, settings)."""
+    topic = routes[0]["topic"]
+    bridge = start_bridge(bridge_config(stack, unique("g"), routes, **overrides), work_dir)
+    group = bridge.settings["kafka"]["group_id"]
+    try:
+        wait_for(lambda: kafka.caught_up(group, topic, partitions), timeout, f"{topic} committed")
+    finally:
+        assert bridge.terminate() == 0, bridge.log_tail()
+    return bridge

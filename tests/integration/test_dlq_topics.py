@@ -7,15 +7,7 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
 
 from bridge.stack import StackInfo
-from tests.integration.harness import (
-    SHARED_QUEUE,
-    Kafka,
-    Worker,
-    bridge_config,
-    start_bridge,
-    unique,
-    wait_for,
-)
+from tests.integration.harness import SHARED_QUEUE, Kafka, Worker, run_bridge_to_end
 
 RETENTION_MS = "1234567890"
 
@@ -30,14 +22,9 @@ def test_the_bridge_creates_a_missing_dead_letter_topic_as_configured(
     # 3 partitions and a retention the broker would not pick: proof the bridge made it
     # (the test broker auto-creates topics with 1 partition and its default retention)
     layout = {"partitions": 3, "topic_config": {"retention.ms": RETENTION_MS}}
-    bridge = start_bridge(
-        bridge_config(stack, unique("g-dlq-create"), [route], dead_letters=layout), work_dir
+    bridge = run_bridge_to_end(
+        stack, kafka, work_dir, [route], partitions=2, timeout=90, dead_letters=layout
     )
-    group = bridge.settings["kafka"]["group_id"]
-    try:
-        wait_for(lambda: kafka.caught_up(group, topic, 2), 90, f"{topic} committed to its end")
-    finally:
-        assert bridge.terminate() == 0, bridge.log_tail()
 
     admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
     assert len(admin.list_topics(dlq, timeout=10).topics[dlq].partitions) == 3

@@ -19,9 +19,8 @@ from bridge.task_ids import task_id_for
 from tests.integration.harness import (
     REPO,
     Kafka,
-    bridge_config,
     free_port,
-    start_bridge,
+    run_bridge_to_end,
     start_worker,
     unique,
     wait_for,
@@ -76,13 +75,11 @@ def test_flower_lists_the_tasks_the_bridge_dispatched(
     topic = kafka.create_topic(2, "flower")
     kafka.produce(topic, [json.dumps({"n": n}).encode() for n in range(RECORDS)])
     route = {"topic": topic, "task": "it.record", "queue": queue}
-    bridge = start_bridge(bridge_config(stack, unique("g-flower"), [route]), work_dir)
-    group = bridge.settings["kafka"]["group_id"]
     try:
-        wait_for(lambda: kafka.caught_up(group, topic, 2), 60, f"{topic} committed to its end")
+        bridge = run_bridge_to_end(stack, kafka, work_dir, [route], partitions=2)
     finally:
-        assert bridge.terminate() == 0, bridge.log_tail()
         worker.stop()
+    group = bridge.settings["kafka"]["group_id"]
 
     expected = {
         task_id_for(group, topic, m.partition(), m.offset(), m.timestamp()[1], 0)

@@ -6,16 +6,7 @@ import json
 from pathlib import Path
 
 from bridge.stack import StackInfo
-from tests.integration.harness import (
-    SHARED_QUEUE,
-    Executions,
-    Kafka,
-    Worker,
-    bridge_config,
-    start_bridge,
-    unique,
-    wait_for,
-)
+from tests.integration.harness import SHARED_QUEUE, Executions, Kafka, Worker, run_bridge_to_end
 
 TRACEPARENT = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -28,12 +19,7 @@ def test_trace_context_is_propagated_or_created(
     kafka.produce(topic, [json.dumps({"n": 0}).encode()], headers=traced)
     kafka.produce(topic, [json.dumps({"n": 1}).encode()])
     route = {"topic": topic, "task": "it.record", "queue": SHARED_QUEUE}
-    bridge = start_bridge(bridge_config(stack, unique("g-trace"), [route]), work_dir)
-    group = bridge.settings["kafka"]["group_id"]
-    try:
-        wait_for(lambda: kafka.caught_up(group, topic, 1), 60, f"{topic} committed to its end")
-    finally:
-        assert bridge.terminate() == 0, bridge.log_tail()
+    run_bridge_to_end(stack, kafka, work_dir, [route], partitions=1)
 
     runs = {run["payload"]["n"]: run for run in executions.of(topic)}
     assert runs[0]["trace"] == {
