@@ -3,7 +3,9 @@
 Records are produced beforehand; ``ckb run`` dispatches them to the no-op worker pool with the
 usual window. RSS (VmRSS) is sampled every second against the committed count; the figure is
 RSS after all records over RSS after the first 10% (100k of 1M). When the time limit comes
-first, the run reports how far it got, and the ratio over what was processed.
+first, the run reports how far it got, and the ratio over what was processed. Each sample
+also reads the bridge's ``ckb_inflight_records`` (summed over partitions) from its /metrics:
+in flight never above the window (``max_in_flight_total``) while a backlog waits in Kafka.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class Sample:
     seconds: float
     committed: int
     rss_mib: float
+    #: tasks in flight (the bridge's gauge, refreshed about once a second)
+    in_flight: float
 
 
 def _sample_until(s: Session, bridge: Any, topic: str, group: str, total: int) -> list[Sample]:
@@ -38,7 +42,8 @@ def _sample_until(s: Session, bridge: Any, topic: str, group: str, total: int) -
         deadline = origin + s.options.memory_timeout
         while True:
             done = committed_total(probe, topic, s.options.partitions)
-            samples.append(Sample(time.monotonic() - origin, done, bridge.rss()))
+            in_flight = bridge.metrics()["ckb_inflight_records"]
+            samples.append(Sample(time.monotonic() - origin, done, bridge.rss(), in_flight))
             if done >= total or time.monotonic() >= deadline or bridge.process.poll() is not None:
                 return samples
             time.sleep(SAMPLE_EVERY)
@@ -65,6 +70,8 @@ def memory_run(s: Session) -> dict[str, Any]:
     finally:
         bridge.stop()
     data = _summary(samples, total, first_mark, peak)
+    data["in_flight_cap"] = s.options.window
+    data["in_flight_max_sampled"] = max(x.in_flight for x in samples)
     s.console.print(_table(samples, data))
     return {"options": {k: str(v) for k, v in asdict(s.options).items()}, "memory": data}
 
@@ -92,16 +99,22 @@ def _summary(samples: list[Sample], total: int, first_mark: int, peak: float) ->
 
 def _table(samples: list[Sample], data: dict[str, Any]) -> Table:
     table = Table(title="Bridge RSS over the run")
-    for column in ("seconds", "committed", "RSS MiB"):
+    for column in ("seconds", "committed", "RSS MiB", "in flight"):
         table.add_column(column, justify="right")
     step = max(len(samples) // 12, 1)
     for sample in [*samples[::step], samples[-1]]:
-        table.add_row(f"{sample.seconds:.0f}", f"{sample.committed:,}", f"{sample.rss_mib:.1f}")
+        table.add_row(
+            f"{sample.seconds:.0f}",
+            f"{sample.committed:,}",
+            f"{sample.rss_mib:.1f}",
+            f"{sample.in_flight:.0f}",
+        )
     ratio = data["rss_ratio"]
     verdict = "—" if ratio is None else f"{ratio:.3f} ({'met' if data['met'] else 'MISSED'})"
     done = "" if data["complete"] else " [red](time limit: not all records)"
     table.caption = (
         f"RSS(end)/RSS({data['first_mark']:,}) = {verdict}, target {data['target']}; "
-        f"{data['records_committed']:,} records at {data['rate']:,.0f}/s{done}"
+        f"{data['records_committed']:,} records at {data['rate']:,.0f}/s{done}; in flight "
+        f"at most {data['in_flight_max_sampled']:.0f} (cap {data['in_flight_cap']:,})"
     )
     return table
