@@ -81,7 +81,9 @@ class DeadLetterTopics:
 
     def _answered(self, topic: str, future: Any) -> None:
         error = future.exception()
-        if error is not None and _code(error) != KafkaError.TOPIC_ALREADY_EXISTS:
+        kafka_error = _kafka_error(error) if error is not None else None
+        exists = kafka_error is not None and kafka_error.code() == KafkaError.TOPIC_ALREADY_EXISTS
+        if error is not None and not exists:
             self._failed(topic, error)
             return
         if error is None:
@@ -105,13 +107,14 @@ class DeadLetterTopics:
             )
 
 
-def _code(error: BaseException) -> int | None:
-    kafka_error = error.args[0] if error.args else None
-    return kafka_error.code() if isinstance(kafka_error, KafkaError) else None
+def _kafka_error(error: BaseException) -> KafkaError | None:
+    """The ``KafkaError`` a ``KafkaException`` carries, if any."""
+    carried = error.args[0] if error.args else None
+    return carried if isinstance(carried, KafkaError) else None
 
 
 def _describe(error: BaseException) -> str:
-    kafka_error = error.args[0] if error.args else None
-    if isinstance(kafka_error, KafkaError):
+    kafka_error = _kafka_error(error)
+    if kafka_error is not None:
         return f"{kafka_error.name()}: {kafka_error.str()}"
     return f"{type(error).__name__}: {error}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.kafka_clients import client_id, consumer_config, producer_config
+from bridge.kafka_clients import admin_config, client_id, consumer_config, producer_config
 from bridge.settings import CLASSIC_ONLY, KafkaSettings
 
 SECURITY: dict[str, str | int | float | bool] = {
@@ -136,3 +136,19 @@ def test_producer_own_security_wins_over_inherited() -> None:
     assert config["sasl.username"] == "dlq-writer"
     assert config["sasl.password"] == "pw"
     assert config["linger.ms"] == 50
+
+
+def test_admin_client_reaches_the_cluster_as_the_dead_letter_producer_does() -> None:
+    kafka = KafkaSettings(
+        bootstrap_servers="b:9093",
+        consumer={**SECURITY, "fetch.min.bytes": 1024},
+        producer={"sasl.username": "dlq-writer", "linger.ms": 20},
+    )
+    config = admin_config(kafka)
+    assert config["bootstrap.servers"] == "b:9093"
+    assert config["client.id"] == client_id("admin")
+    assert config["sasl.username"] == "dlq-writer", "the producer's own security wins"
+    assert config["ssl.ca.location"] == SECURITY["ssl.ca.location"]
+    assert "fetch.min.bytes" not in config
+    assert "linger.ms" not in config
+    assert "enable.idempotence" not in config
