@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from bridge.io_retry import OutageLog
 from bridge.records import Record
@@ -70,6 +70,15 @@ def dlq_headers(
     return original + list(added.items())
 
 
+class TopicGate(Protocol):
+    """Says whether a dead-letter topic may be written to now (``bridge.dlq_topics``)."""
+
+    def ready(self, topic: str) -> bool: ...
+
+    def poll(self) -> None:
+        """Serve the gate's own client (called on every :meth:`DeadLetterWriter.poll`)."""
+
+
 @dataclass
 class _Pending:
     record: Record
@@ -89,11 +98,11 @@ class DeadLetterWriter:
         producer: Any,
         group: str,
         retry_max: float = 30.0,
-        topic_ready: Callable[[str], bool] | None = None,
+        topics: TopicGate | None = None,
     ) -> None:
         self._producer = producer
-        #: asked before each write; False holds it (its topic is being created)
-        self._topic_ready = topic_ready
+        #: asked before each write; not ready holds it (its topic is being created)
+        self._topics = topics
         self._held: list[_Pending] = []
         self._group = group
         self._retry_max = retry_max
@@ -113,7 +122,7 @@ class DeadLetterWriter:
         self._produce(_Pending(record, topic, failure, on_done, wanted))
 
     def _produce(self, item: _Pending) -> None:
-        if self._topic_ready is not None and not self._topic_ready(item.topic):
+        if self._topics is not None and not self._topics.ready(item.topic):
             self._held.append(item)  # looked at again on every poll()
             return
         headers = dlq_headers(item.record, item.failure, self._group, datetime.now(UTC))
@@ -150,6 +159,8 @@ class DeadLetterWriter:
     def poll(self) -> None:
         """Serve delivery reports and re-produce writes whose backoff has passed."""
         self._producer.poll(0)
+        if self._topics is not None:
+            self._topics.poll()
         if self._held:
             held, self._held = self._held, []
             for item in held:

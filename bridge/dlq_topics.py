@@ -63,6 +63,11 @@ class DeadLetterTopics:
         self._ask(topic)
         return False
 
+    def poll(self) -> None:
+        """Serve the admin client's queue: its librdkafka log lines reach Python logging only
+        through ``poll()``."""
+        self._admin.poll(0)
+
     def _ask(self, topic: str) -> None:
         new = NewTopic(
             topic,

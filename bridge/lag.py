@@ -63,8 +63,10 @@ class LagMonitor:
         self.last_success: float | None = None
 
     @classmethod
-    def for_settings(cls, kafka: KafkaSettings, metrics: PrometheusObserver) -> LagMonitor:
-        return cls(metrics, lambda: Consumer(lag_consumer_config(kafka)))
+    def for_settings(
+        cls, kafka: KafkaSettings, metrics: PrometheusObserver, kafka_log: logging.Logger
+    ) -> LagMonitor:
+        return cls(metrics, lambda: Consumer({**lag_consumer_config(kafka), "logger": kafka_log}))
 
     def reachable(self, max_age: float | None = None) -> bool:
         """Whether a round succeeded within ``max_age`` seconds (default: three intervals)."""
@@ -87,6 +89,8 @@ class LagMonitor:
         try:
             while True:
                 self.check_once(consumer)
+                consumer.poll(0)  # serves librdkafka's log lines to the logger (no records:
+                # this consumer never subscribes)
                 if self._stop.wait(self.interval):
                     return
         finally:

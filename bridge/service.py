@@ -89,13 +89,17 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
         reconcile_interval=settings.results.reconcile_interval,
         decoder=decoder,
     )
-    producer = Producer(producer_config(settings.kafka))
+    # librdkafka's own lines (connection failures, coordinator changes) go through the bridge's
+    # logging, JSON included, instead of raw "%3|…" lines on stderr; they are served inside
+    # each client's poll(): the loop's consume(), the dead-letter writer's poll() (producer and
+    # admin client) and the lag monitor's rounds
+    kafka_log = logging.getLogger("bridge.librdkafka")
+    producer = Producer({**producer_config(settings.kafka), "logger": kafka_log})
+    admin_settings: dict[str, Any] = {**admin_config(settings.kafka), "logger": kafka_log}
     dead_letters = DeadLetterWriter(
         producer,
         settings.kafka.group_id,
-        topic_ready=DeadLetterTopics(
-            AdminClient(admin_config(settings.kafka)), settings.dead_letters
-        ).ready,
+        topics=DeadLetterTopics(AdminClient(admin_settings), settings.dead_letters),
     )
     dispatcher = Dispatcher(app, batch_size=settings.kafka.poll_batch)
     totals = Totals()
@@ -105,7 +109,9 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
     commit_reports = CommitReports()  # filled inside consume(), drained by the loop
     loop = ConsumerLoop(
         settings,
-        Consumer({**consumer_config(settings.kafka), "on_commit": commit_reports}),
+        Consumer(
+            {**consumer_config(settings.kafka), "on_commit": commit_reports, "logger": kafka_log}
+        ),
         dispatcher,
         watcher,
         DispatchLedger(
@@ -128,7 +134,7 @@ def ops_services(
     settings: Settings, metrics: PrometheusObserver, loop: ConsumerLoop, watcher: ResultWatcher
 ) -> list[Service]:
     """The lag monitor and the /metrics, /healthz, /readyz, /status endpoint."""
-    lag = LagMonitor.for_settings(settings.kafka, metrics)
+    lag = LagMonitor.for_settings(settings.kafka, metrics, logging.getLogger("bridge.librdkafka"))
     probes = Probes(
         last_iteration=lambda: loop.last_iteration,
         stopping=lambda: loop.stopping,

@@ -306,12 +306,14 @@ def run_bridge_to_end(
     routes: list[dict[str, Any]],
     partitions: int,
     timeout: float = 60,
-    **overrides: Any,
+    settings: dict[str, Any] | None = None,
 ) -> BridgeProcess:
     """Run ``ckb run`` on the first route's topic until every end offset is committed, then
-    stop it with SIGTERM (it must exit 0). Returns the stopped bridge (log, settings)."""
+    stop it with SIGTERM (it must exit 0). ``settings`` override :func:`bridge_config`'s
+    sections. Returns the stopped bridge (log, settings)."""
     topic = routes[0]["topic"]
-    bridge = start_bridge(bridge_config(stack, unique("g"), routes, **overrides), work_dir)
+    config = bridge_config(stack, unique("g"), routes, **(settings or {}))
+    bridge = start_bridge(config, work_dir)
     group = bridge.settings["kafka"]["group_id"]
     try:
         wait_for(lambda: kafka.caught_up(group, topic, partitions), timeout, f"{topic} committed")

@@ -23,7 +23,7 @@ def test_the_bridge_creates_a_missing_dead_letter_topic_as_configured(
     # (the test broker auto-creates topics with 1 partition and its default retention)
     layout = {"partitions": 3, "topic_config": {"retention.ms": RETENTION_MS}}
     bridge = run_bridge_to_end(
-        stack, kafka, work_dir, [route], partitions=2, timeout=90, dead_letters=layout
+        stack, kafka, work_dir, [route], partitions=2, timeout=90, settings={"dead_letters": layout}
     )
 
     admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})

@@ -410,11 +410,18 @@ def test_a_write_waits_while_its_topic_is_not_ready(clock: Clock) -> None:
     ready = {"orders.dlq": False}
     asked: list[str] = []
 
-    def topic_ready(topic: str) -> bool:
-        asked.append(topic)
-        return ready[topic]
+    class Gate:
+        polls = 0
 
-    writer = DeadLetterWriter(producer, group="g", topic_ready=topic_ready)
+        def ready(self, topic: str) -> bool:
+            asked.append(topic)
+            return ready[topic]
+
+        def poll(self) -> None:
+            self.polls += 1
+
+    gate = Gate()
+    writer = DeadLetterWriter(producer, group="g", topics=gate)
     done = Done()
     writer.send(make_record(), "orders.dlq", FAILURE, done)
     writer.poll()
@@ -428,11 +435,20 @@ def test_a_write_waits_while_its_topic_is_not_ready(clock: Clock) -> None:
     assert done.calls == 1
     assert writer.pending == 0
     assert asked == ["orders.dlq"] * 3
+    assert gate.polls == 3, "the gate's client is served on every poll"
 
 
 def test_held_writes_of_a_revoked_partition_are_forgotten(clock: Clock) -> None:
     producer = FakeProducer()
-    writer = DeadLetterWriter(producer, group="g", topic_ready=lambda _topic: False)
+
+    class Closed:
+        def ready(self, topic: str) -> bool:
+            return False
+
+        def poll(self) -> None:
+            pass
+
+    writer = DeadLetterWriter(producer, group="g", topics=Closed())
     record = make_record()
     writer.send(record, "orders.dlq", FAILURE, Done())
     assert writer.pending == 1

@@ -19,6 +19,11 @@ class RecordingAdmin:
     def __init__(self) -> None:
         self.requests: list[Any] = []
         self.futures: list[Future[None]] = []
+        self.polls: list[float] = []
+
+    def poll(self, timeout: float) -> int:
+        self.polls.append(timeout)
+        return 0
 
     def create_topics(self, topics: list[Any], **_: Any) -> dict[str, Future[None]]:
         self.requests.extend(topics)
@@ -112,3 +117,9 @@ def test_a_created_topic_is_logged_and_not_asked_again(caplog: pytest.LogCapture
 def test_zero_partitions_or_replicas_is_a_config_error(field: str) -> None:
     with pytest.raises(ValueError, match="at least 1, or -1"):
         DeadLetterSettings(**{field: 0})
+
+
+def test_poll_serves_the_admin_client_without_waiting() -> None:
+    admin = RecordingAdmin()
+    DeadLetterTopics(admin, DeadLetterSettings()).poll()
+    assert admin.polls == [0]
