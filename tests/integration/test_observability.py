@@ -173,6 +173,7 @@ def test_metrics_probes_and_status_during_and_after_a_run(
         assert ran == set(range(total)) - malformed - failing
         check_status(bridge, base, kafka, topic, partitions)
         check_readiness_follows_redis(local_stack, base)
+        check_readiness_follows_kafka(local_stack, base)
         check_recovery(kafka, base, topic, partitions, group)
         assert bridge.alive(), bridge.log_tail()
     finally:
@@ -262,13 +263,27 @@ def check_readiness_follows_redis(local_stack: LocalStack, base: str) -> None:
     wait_for(lambda: readyz(base) == 200, 60, "/readyz 200 after Redis is back")
 
 
+def check_readiness_follows_kafka(local_stack: LocalStack, base: str) -> None:
+    local_stack.stop_kafka()
+    try:
+        # the lag monitor's answers age out after 3 intervals + its timeout (20 s)
+        wait_for(lambda: readyz(base) == 503, 60, "/readyz 503 while Kafka is down")
+        code, body = get(f"{base}/readyz")
+        assert code == 503
+        assert any(reason.startswith("kafka") for reason in json.loads(body)["reasons"])
+        assert get(f"{base}/healthz")[0] == 200  # the loop still turns: alive, not ready
+    finally:
+        local_stack.start_kafka()  # ALWAYS: the whole session shares this broker
+    wait_for(lambda: readyz(base) == 200, 90, "/readyz 200 after Kafka is back")
+
+
 def check_recovery(kafka: Kafka, base: str, topic: str, partitions: int, group: str) -> None:
     before = scrape(base).accounting(topic)[0]
     kafka.produce(topic, (json.dumps({"n": 10_000 + i}).encode() for i in range(30)))
     wait_for(
         lambda: kafka.committed(group, topic, partitions) == kafka.end_offsets(topic),
         90,
-        "commits after Redis came back",
+        "commits after Redis and Kafka came back",
         interval=0.5,
     )
     dispatched, finished, in_flight = scrape(base).accounting(topic)
