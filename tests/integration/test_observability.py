@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,8 +173,11 @@ def test_metrics_probes_and_status_during_and_after_a_run(
         ran = {r["payload"]["n"] for r in executions.of(topic)}  # before Redis loses them
         assert ran == set(range(total)) - malformed - failing
         check_status(bridge, base, kafka, topic, partitions)
-        check_readiness_follows_redis(local_stack, base)
-        check_readiness_follows_kafka(local_stack, base)
+        redis_down = (local_stack.stop_redis, local_stack.start_redis)
+        check_readiness_follows("redis", *redis_down, base, unready_within=30, ready_within=60)
+        # Kafka: the lag monitor's answers age out after 3 intervals + its timeout (20 s)
+        kafka_down = (local_stack.stop_kafka, local_stack.start_kafka)
+        check_readiness_follows("kafka", *kafka_down, base, unready_within=60, ready_within=90)
         check_recovery(kafka, base, topic, partitions, group)
         assert bridge.alive(), bridge.log_tail()
     finally:
@@ -250,31 +254,27 @@ def check_status(
         assert (row["in_flight"], row["paused"]) == (0, False)  # from the bridge's /status
 
 
-def check_readiness_follows_redis(local_stack: LocalStack, base: str) -> None:
-    local_stack.stop_redis()
+def check_readiness_follows(
+    service: str,
+    stop: Callable[[], None],
+    start: Callable[[], None],
+    base: str,
+    unready_within: float,
+    ready_within: float,
+) -> None:
+    """/readyz is 503 naming ``service`` while it is stopped, 200 again once it is back."""
+    stop()
     try:
-        wait_for(lambda: readyz(base) == 503, 30, "/readyz 503 while Redis is down")
+        wait_for(
+            lambda: readyz(base) == 503, unready_within, f"/readyz 503 while {service} is down"
+        )
         code, body = get(f"{base}/readyz")
         assert code == 503
-        assert any(reason.startswith("redis") for reason in json.loads(body)["reasons"])
+        assert any(reason.startswith(service) for reason in json.loads(body)["reasons"])
         assert get(f"{base}/healthz")[0] == 200  # the loop still turns: alive, not ready
     finally:
-        local_stack.start_redis()
-    wait_for(lambda: readyz(base) == 200, 60, "/readyz 200 after Redis is back")
-
-
-def check_readiness_follows_kafka(local_stack: LocalStack, base: str) -> None:
-    local_stack.stop_kafka()
-    try:
-        # the lag monitor's answers age out after 3 intervals + its timeout (20 s)
-        wait_for(lambda: readyz(base) == 503, 60, "/readyz 503 while Kafka is down")
-        code, body = get(f"{base}/readyz")
-        assert code == 503
-        assert any(reason.startswith("kafka") for reason in json.loads(body)["reasons"])
-        assert get(f"{base}/healthz")[0] == 200  # the loop still turns: alive, not ready
-    finally:
-        local_stack.start_kafka()  # ALWAYS: the whole session shares this broker
-    wait_for(lambda: readyz(base) == 200, 90, "/readyz 200 after Kafka is back")
+        start()  # ALWAYS: the whole session shares this Redis and broker
+    wait_for(lambda: readyz(base) == 200, ready_within, f"/readyz 200 after {service} is back")
 
 
 def check_recovery(kafka: Kafka, base: str, topic: str, partitions: int, group: str) -> None:
