@@ -121,8 +121,16 @@ class Kafka:
             consumer.close()
 
     def caught_up(self, group: str, topic: str, partitions: int) -> bool:
-        """Whether ``group`` committed the end offset of every partition of ``topic``."""
-        return self.committed(group, topic, partitions) == self.end_offsets(topic)
+        """Whether ``group`` committed the end offset of every partition of ``topic``.
+
+        A partition that never held a record has nothing to commit: its "no commit" (-1001)
+        counts as caught up with its end offset 0.
+        """
+        committed = self.committed(group, topic, partitions)
+        ends = self.end_offsets(topic)
+        return committed.keys() == ends.keys() and all(
+            committed[p] == end or (end == 0 and committed[p] < 0) for p, end in ends.items()
+        )
 
     def read_all(self, topic: str, expected: int, timeout: float = 30) -> list[Any]:
         consumer = Consumer(

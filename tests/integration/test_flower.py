@@ -73,7 +73,9 @@ def test_flower_lists_the_tasks_the_bridge_dispatched(
     # -E: the worker sends task events, which is what Flower shows
     worker = start_worker(stack, queue, work_dir, concurrency=2, extra_args=("-E",))
     topic = kafka.create_topic(2, "flower")
-    kafka.produce(topic, [json.dumps({"n": n}).encode() for n in range(RECORDS)])
+    kafka.produce(
+        topic, [json.dumps({"n": n}).encode() for n in range(RECORDS)], partition_of=lambda i: i % 2
+    )
     route = {"topic": topic, "task": "it.record", "queue": queue}
     try:
         bridge = run_bridge_to_end(stack, kafka, work_dir, [route], partitions=2)

@@ -13,7 +13,9 @@ def test_every_log_line_is_json_including_librdkafka_ones(
     stack: StackInfo, kafka: Kafka, shared_worker: Worker, work_dir: Path
 ) -> None:
     topic = kafka.create_topic(2, "json-logs")
-    kafka.produce(topic, [json.dumps({"n": n}).encode() for n in range(20)])
+    kafka.produce(
+        topic, [json.dumps({"n": n}).encode() for n in range(20)], partition_of=lambda i: i % 2
+    )
     route = {"topic": topic, "task": "it.record", "queue": SHARED_QUEUE}
     # a first bootstrap address that refuses connections: librdkafka logs it (level 3)
     bootstrap = f"127.0.0.1:1,{stack.kafka_bootstrap}"
