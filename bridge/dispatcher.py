@@ -33,8 +33,6 @@ class TaskRequest:
 class PublishError(Exception):
     """Publishing a batch failed after the bridge's own retries; delivery is uncertain."""
 
-    retriable = True
-
 
 class Dispatcher:
     """Sends :class:`TaskRequest` batches through one reused producer."""

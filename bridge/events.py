@@ -18,9 +18,6 @@ log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
 
-#: final outcomes as the ``outcome`` label of ``ckb_tasks_finished_total`` names them
-OUTCOMES = ("success", "failure", "revoked", "timeout")
-
 
 @dataclass(frozen=True, slots=True)
 class PartitionState:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 
 class KafkaMessage(Protocol):
@@ -50,6 +50,3 @@ class Record:
     def coordinates(self) -> str:
         """``topic[partition]@offset``: how logs and errors name a record (never its payload)."""
         return f"{self.topic}[{self.partition}]@{self.offset}"
-
-    def log_fields(self) -> dict[str, Any]:
-        return {"topic": self.topic, "partition": self.partition, "offset": self.offset}

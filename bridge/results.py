@@ -29,7 +29,6 @@ from bridge.io_retry import OutageLog
 log = logging.getLogger(__name__)
 
 FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
-PROGRESS_STATES = frozenset({"STARTED", "RETRY"})
 
 Decoder = Callable[[bytes], dict[str, Any]]
 
@@ -102,10 +101,6 @@ class ResultWatcher:
     def unwatch(self, task_id: str) -> None:
         with self._lock:
             self._watched.pop(task_id, None)
-
-    def watched_count(self) -> int:
-        with self._lock:
-            return len(self._watched)
 
     @property
     def healthy(self) -> bool:
