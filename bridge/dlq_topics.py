@@ -18,6 +18,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
+from bridge.kafka_clients import kafka_error_of
 from bridge.settings import DeadLetterSettings
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class DeadLetterTopics:
 
     def _answered(self, topic: str, future: Any) -> None:
         error = future.exception()
-        kafka_error = _kafka_error(error) if error is not None else None
+        kafka_error = kafka_error_of(error) if error is not None else None
         exists = kafka_error is not None and kafka_error.code() == KafkaError.TOPIC_ALREADY_EXISTS
         if error is not None and not exists:
             self._failed(topic, error)
@@ -112,14 +113,8 @@ class DeadLetterTopics:
             )
 
 
-def _kafka_error(error: BaseException) -> KafkaError | None:
-    """The ``KafkaError`` a ``KafkaException`` carries, if any."""
-    carried = error.args[0] if error.args else None
-    return carried if isinstance(carried, KafkaError) else None
-
-
 def _describe(error: BaseException) -> str:
-    kafka_error = _kafka_error(error)
+    kafka_error = kafka_error_of(error)
     if kafka_error is not None:
         return f"{kafka_error.name()}: {kafka_error.str()}"
     return f"{type(error).__name__}: {error}"

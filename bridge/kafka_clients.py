@@ -1,10 +1,13 @@
-"""librdkafka configuration for the bridge's consumer and dead-letter producer."""
+"""librdkafka configuration for the bridge's consumer and dead-letter producer, and reading
+the ``KafkaError`` out of what confluent-kafka raises."""
 
 from __future__ import annotations
 
 import logging
 import socket
 from typing import Any
+
+from confluent_kafka import KafkaError
 
 from bridge.settings import CLASSIC_ONLY, KafkaSettings
 
@@ -23,6 +26,12 @@ def quiet_kafka_logger(command: str) -> logging.Logger:
     if not logger.handlers:
         logger.addHandler(logging.NullHandler())
     return logger
+
+
+def kafka_error_of(exc: BaseException) -> KafkaError | None:
+    """The ``KafkaError`` a ``KafkaException`` (or a future's exception) carries, if any."""
+    carried = exc.args[0] if exc.args else None
+    return carried if isinstance(carried, KafkaError) else None
 
 
 def client_id(role: str) -> str:

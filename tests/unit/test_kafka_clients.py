@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
-from bridge.kafka_clients import admin_config, client_id, consumer_config, producer_config
+from bridge.kafka_clients import (
+    admin_config,
+    client_id,
+    consumer_config,
+    kafka_error_of,
+    producer_config,
+)
 from bridge.settings import CLASSIC_ONLY, KafkaSettings
 
 SECURITY: dict[str, str | int | float | bool] = {
@@ -152,3 +159,11 @@ def test_admin_client_reaches_the_cluster_as_the_dead_letter_producer_does() -> 
     assert "fetch.min.bytes" not in config
     assert "linger.ms" not in config
     assert "enable.idempotence" not in config
+
+
+def test_kafka_error_of_reads_the_error_an_exception_carries() -> None:
+    error = KafkaError(KafkaError.TOPIC_ALREADY_EXISTS, "exists")
+    assert kafka_error_of(KafkaException(error)) is error
+    assert kafka_error_of(KafkaException("a plain message")) is None
+    assert kafka_error_of(KafkaException()) is None
+    assert kafka_error_of(ValueError(error)) is error  # a future's exception may be any type
