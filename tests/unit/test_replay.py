@@ -14,7 +14,6 @@ from click.testing import CliRunner
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from rich.console import Console
 
-from bridge import replay as replay_module
 from bridge.cli import main
 from bridge.dead_letters import REASONS, Failure, dlq_headers
 from bridge.records import Record
@@ -42,6 +41,8 @@ from bridge.replay import (
     strip_ckb_headers,
     target_partition,
 )
+from bridge.replay import commits as replay_commits
+from bridge.replay import plan as replay_plan
 from bridge.settings import KafkaSettings
 
 NOW = datetime(2024, 5, 6, 12, 0, 0, tzinfo=UTC)
@@ -549,7 +550,7 @@ def test_group_offsets_commits_through_the_admin_api() -> None:
 def test_group_offsets_retries_while_the_coordinator_is_busy(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(replay_module.time, "sleep", lambda _s: None)
+    monkeypatch.setattr(replay_commits.time, "sleep", lambda _s: None)
     busy = types.SimpleNamespace(
         topic="d", partition=0, offset=5, error=KafkaError(KafkaError.NOT_COORDINATOR)
     )
@@ -645,7 +646,7 @@ def test_config_errors_exit_2(tmp_path: Any) -> None:
 def test_unreachable_kafka_exits_1_with_a_clear_message(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(replay_module, "METADATA_TIMEOUT", 1.0)
+    monkeypatch.setattr(replay_plan, "METADATA_TIMEOUT", 1.0)
     config = tmp_path / "bridge.yaml"
     config.write_text(
         "kafka: {bootstrap_servers: '127.0.0.1:9'}\nroutes: [{topic: orders, task: t}]\n"

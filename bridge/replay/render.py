@@ -1,0 +1,72 @@
+"""What a replay prints: the dry-run listing and the summary. Never a payload."""
+
+from __future__ import annotations
+
+from datetime import UTC
+
+from rich.console import Console
+from rich.table import Table
+
+from bridge.replay.letters import DeadLetter
+from bridge.replay.options import ReplayOptions, ReplayResult
+from bridge.replay.stats import NO_REASON, OUTCOMES
+
+LISTING_COLUMNS = ("dead letter", "reason", "original", "failed at", "error class")
+
+
+def listing_row(letter: DeadLetter) -> tuple[str, ...]:
+    """One dry-run row: coordinates and context (failed at, in UTC), never the payload."""
+    moment = letter.failed_at
+    failed_at = "-" if moment is None else f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z"
+    return (
+        letter.record.coordinates(),
+        letter.reason or NO_REASON,
+        letter.origin(),
+        failed_at,
+        letter.error_class or "-",
+    )
+
+
+def render_selected(rows: list[tuple[str, ...]], console: Console) -> None:
+    table = Table(title=f"{len(rows)} dead letters selected")
+    for name in LISTING_COLUMNS:
+        table.add_column(name, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def render_summary(result: ReplayResult, options: ReplayOptions, console: Console) -> None:
+    """Counts per reason, then one plain line: ``done|stopped|dry run: examined N, …``."""
+    stats = result.stats
+    table = Table(title=f"{options.source} (group {options.group})")
+    table.add_column("reason")
+    replayed = "would replay" if options.dry_run else "replayed"
+    headings = ("examined", replayed, "filtered out", "skipped", "failed")
+    for heading in headings:
+        table.add_column(heading, justify="right")
+    for reason, counts in sorted(stats.by_reason.items()):
+        table.add_row(reason, str(sum(counts.values())), *(str(counts[o]) for o in OUTCOMES))
+    totals = stats.totals()
+    table.add_row("total", str(stats.examined), *(str(totals[o]) for o in OUTCOMES), style="bold")
+    if stats.examined:
+        console.print(table)
+    stopped = result.error is not None or result.interrupted
+    prefix = "dry run" if options.dry_run else "stopped" if stopped else "done"
+    console.print(f"{prefix}: {stats.summary_line(options.dry_run)}", highlight=False)
+    totals = stats.totals()
+    if totals["filtered"] and not options.dry_run:
+        console.print(
+            f"filtered out {totals['filtered']}: examined, so committed past under group "
+            f"{options.group}; replay them later under another --group",
+            highlight=False,
+        )
+    skipped = totals["skipped"]
+    if skipped:
+        console.print(
+            f"skipped {skipped}: not a ckb dead letter (no ckb.original.topic); "
+            "pass --to TOPIC to replay such records",
+            highlight=False,
+        )
+    if options.dry_run:
+        console.print("dry run: nothing produced, nothing committed", highlight=False)

@@ -1,0 +1,52 @@
+"""Counting a replay: examined letters per reason and outcome, and the summary line."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from bridge.replay.selection import Verdict
+
+OUTCOMES = ("replayed", "filtered", "skipped", "failed")
+NO_REASON = "(none)"
+
+
+@dataclass
+class ReplayStats:
+    """Examined letters per reason and outcome (``replayed`` means *would be* in a dry run)."""
+
+    by_reason: dict[str, Counter[str]] = field(default_factory=dict)
+
+    def count(self, reason: str | None, outcome: str) -> None:
+        if outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {outcome!r}")
+        self.by_reason.setdefault(reason or NO_REASON, Counter())[outcome] += 1
+
+    def totals(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for counts in self.by_reason.values():
+            total.update(counts)
+        return total
+
+    @property
+    def examined(self) -> int:
+        return sum(self.totals().values())
+
+    @property
+    def replayed(self) -> int:
+        return self.totals()["replayed"]
+
+    def summary_line(self, dry_run: bool = False) -> str:
+        totals = self.totals()
+        replayed = "would replay" if dry_run else "replayed"
+        line = (
+            f"examined {self.examined}, {replayed} {totals['replayed']}, "
+            f"filtered out {totals['filtered']}, skipped {totals['skipped']}"
+        )
+        if totals["failed"]:
+            line += f", failed {totals['failed']}"
+        return line
+
+
+def outcome_of(verdict: Verdict) -> str:
+    return {Verdict.REPLAY: "replayed", Verdict.FILTERED: "filtered"}.get(verdict, "skipped")
