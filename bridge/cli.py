@@ -219,9 +219,9 @@ def dlq() -> None:
 
 
 def _reason_choice() -> click.Choice[str]:
-    from bridge.dead_letters import REASONS
+    from bridge.core.vocabulary import Reason
 
-    return click.Choice(REASONS)
+    return click.Choice([reason.value for reason in Reason])
 
 
 @dlq.command("replay")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from bridge.core.vocabulary import TP
 from bridge.io_retry import OutageLog
 from bridge.records import Record
 
@@ -178,7 +179,7 @@ class DeadLetterWriter:
         """Dead letters not yet acknowledged (in flight or waiting to be retried)."""
         return self.in_flight + len(self._retry) + len(self._held)
 
-    def forget(self, tps: set[tuple[str, int]]) -> None:
+    def forget(self, tps: set[TP]) -> None:
         """Drop retries for records of partitions this bridge no longer owns."""
         self._retry = [(w, item) for w, item in self._retry if item.record.tp not in tps]
         self._held = [item for item in self._held if item.record.tp not in tps]

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bridge.core.vocabulary import Outcome
 from bridge.logging_setup import configure_logging
 from bridge.service import Bridge, build_bridge
 from bridge.settings import Settings
@@ -146,7 +147,7 @@ def watch(bridge: Bridge, thread: threading.Thread, run: DemoRun, console: Conso
         feeder.start()
         while True:
             progress.update(dispatched, completed=totals.dispatched)
-            progress.update(succeeded, completed=totals.outcomes["success"])
+            progress.update(succeeded, completed=totals.outcomes[Outcome.SUCCESS])
             progress.update(dead, completed=totals.dead_lettered)
             done = sum(totals.committed.values())
             progress.update(committed, completed=done)
@@ -161,7 +162,7 @@ def summary(console: Console, run: DemoRun, bridge: Bridge, elapsed: float) -> N
     totals = bridge.totals
     table = Table(title="demo summary", show_header=False)
     table.add_row("records produced", str(run.records))
-    table.add_row("tasks succeeded", str(totals.outcomes["success"]))
+    table.add_row("tasks succeeded", str(totals.outcomes[Outcome.SUCCESS]))
     table.add_row("dead-lettered (malformed on purpose)", str(totals.dead_lettered))
     table.add_row("committed offsets (sum)", str(sum(totals.committed.values())))
     table.add_row("time", f"{elapsed:.1f}s ({run.records / elapsed:.0f} records/s)")

@@ -12,11 +12,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from bridge.core.vocabulary import TP
 from bridge.records import Record
 
 log = logging.getLogger(__name__)
-
-TP = tuple[str, int]
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from bridge.events import TP
+from bridge.core.vocabulary import TP
 from bridge.io_retry import OutageLog
 from bridge.kafka_clients import client_id, consumer_config
 from bridge.metrics import PrometheusObserver

@@ -50,7 +50,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from bridge.events import TP, BaseObserver, PartitionState
+from bridge.core.vocabulary import TP, Rebalance
+from bridge.events import BaseObserver, PartitionState
 from bridge.records import Record
 
 #: seconds; from a few milliseconds (a no-op task) to a day (a backlog worked off slowly)
@@ -195,7 +196,7 @@ class PrometheusObserver(BaseObserver):
             return
         with self.lock:
             self._values.rebalances[(event,)] += 1
-            if event == "assign":
+            if event == Rebalance.ASSIGN:
                 for tp in tps:
                     self._values.in_flight.setdefault(tp, set())
             else:

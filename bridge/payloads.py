@@ -10,6 +10,7 @@ import base64
 import json
 from typing import Any
 
+from bridge.core.vocabulary import Reason
 from bridge.records import Record
 from bridge.settings import Route
 
@@ -26,7 +27,7 @@ TaskCall = tuple[list[Any], dict[str, Any]]
 class DecodeError(Exception):
     """The record's value does not fit its route; ``reason`` is the DLQ reason."""
 
-    reason = "decode_error"
+    reason = Reason.DECODE_ERROR
     retriable = False
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from bridge.core.vocabulary import TP
+
 
 class KafkaMessage(Protocol):
     """The part of ``confluent_kafka.Message`` the bridge reads."""
@@ -44,7 +46,7 @@ class Record:
         )
 
     @property
-    def tp(self) -> tuple[str, int]:
+    def tp(self) -> TP:
         return (self.topic, self.partition)
 
     def coordinates(self) -> str:

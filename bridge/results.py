@@ -24,11 +24,13 @@ from typing import Any
 
 import redis
 
+from bridge.core.vocabulary import TaskState
 from bridge.io_retry import OutageLog
 
 log = logging.getLogger(__name__)
 
-FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+#: states whose result carries an exception (``exc_type``, ``exc_message``)
+_ERROR_STATES = (TaskState.FAILURE, TaskState.REVOKED, TaskState.RETRY)
 
 Decoder = Callable[[bytes], dict[str, Any]]
 
@@ -45,14 +47,15 @@ class TaskEvent:
 
     @property
     def final(self) -> bool:
-        return self.state in FINAL_STATES
+        state = TaskState.parse(self.state)
+        return state is not None and state.final
 
 
 def event_from_meta(task_id: str, meta: dict[str, Any]) -> TaskEvent:
-    state = str(meta.get("status", "PENDING"))
+    state = str(meta.get("status", TaskState.PENDING))
     result = meta.get("result")
     error_class = error_message = None
-    if state in ("FAILURE", "REVOKED", "RETRY") and isinstance(result, dict):
+    if state in _ERROR_STATES and isinstance(result, dict):
         error_class = result.get("exc_type")
         message = result.get("exc_message")
         if isinstance(message, list | tuple):

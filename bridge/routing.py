@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import re
 
+from bridge.core.vocabulary import DLQ_SUFFIX
 from bridge.settings import Route
-
-#: dead-letter topics end so by default; pattern routes never match them
-DLQ_SUFFIX = ".dlq"
 
 
 class Router:

@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from bridge.celery_app import make_celery_app
+from bridge.core.vocabulary import Outcome
 from bridge.dead_letters import DeadLetterWriter
 from bridge.dispatch_ledger import DispatchLedger
 from bridge.dispatcher import Dispatcher
@@ -189,9 +190,9 @@ class SummaryLog:
                 "dead-lettered %d, paused partitions %d",
                 rate,
                 totals.consumed,
-                self._bridge.loop.tracker.open_total,
-                len(self._bridge.loop.jobs),
-                totals.outcomes["success"],
+                self._bridge.loop.engine.open_total,
+                self._bridge.loop.engine.in_flight,
+                totals.outcomes[Outcome.SUCCESS],
                 totals.dead_lettered,
-                self._bridge.loop.paused_count,
+                self._bridge.loop.engine.paused_count,
             )

@@ -19,6 +19,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from bridge.core.vocabulary import default_dlq_topic
+
 CallMode = Literal["arg", "kwargs", "envelope"]
 PayloadCodec = Literal["json", "text", "bytes"]
 OrderingMode = Literal["unordered", "key", "partition"]
@@ -116,7 +118,7 @@ class Route(Strict):
         return self.topic.startswith("^")
 
     def dlq_for(self, topic: str) -> str:
-        return self.dlq_topic or f"{topic}.dlq"
+        return self.dlq_topic or default_dlq_topic(topic)
 
 
 class Limits(Strict):

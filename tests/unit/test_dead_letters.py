@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from bridge import dead_letters
+from bridge.core.vocabulary import Reason
 from bridge.dead_letters import (
     MAX_MESSAGE_BYTES,
     MAX_TRACEBACK_BYTES,
@@ -100,8 +101,13 @@ def test_all_contract_headers_present_as_utf8_bytes() -> None:
     }
 
 
-@pytest.mark.parametrize("reason", dead_letters.REASONS)
-def test_every_reason_is_written_as_is(reason: str) -> None:
+def test_the_reasons_are_the_contract_ones() -> None:
+    contract = ["task_failed", "task_revoked", "task_timeout", "decode_error", "no_route"]
+    assert [reason.value for reason in Reason] == contract  # DESIGN.md, DLQ record
+
+
+@pytest.mark.parametrize("reason", list(Reason))
+def test_every_reason_is_written_as_is(reason: Reason) -> None:
     failure = Failure(reason=reason)
     values = header_map(dlq_headers(make_record(), failure, "g", NOW))
     assert values["ckb.reason"] == reason.encode()
