@@ -326,5 +326,6 @@ def run_bridge_to_end(
     try:
         wait_for(lambda: kafka.caught_up(group, topic, partitions), timeout, f"{topic} committed")
     finally:
-        assert bridge.terminate() == 0, bridge.log_tail()
+        exit_code = bridge.terminate()
+    assert exit_code == 0, bridge.log_tail()
     return bridge

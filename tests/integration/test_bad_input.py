@@ -70,7 +70,8 @@ def test_each_kind_of_bad_record_is_dead_lettered_and_the_partition_flows(
             )
         assert bridge.alive(), bridge.log_tail()
     finally:
-        assert bridge.terminate() == 0, bridge.log_tail()
+        exit_code = bridge.terminate()
+    assert exit_code == 0, bridge.log_tail()
 
     dead = kafka.read_all(f"{json_topic}.dlq", 5)
     messages = {m.key(): dict(m.headers())["ckb.error.message"].decode() for m in dead}

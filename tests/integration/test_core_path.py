@@ -130,7 +130,8 @@ def test_restart_after_sigterm_redispatches_nothing_finished(
     try:
         wait_for(lambda: executions.count(topic) >= total // 3, 120, "a third of the records")
     finally:
-        assert first.terminate() == 0, first.log_tail()
+        first_exit = first.terminate()
+    assert first_exit == 0, first.log_tail()
     ran_before_restart = executions.count(topic)
     assert ran_before_restart < total, "the first bridge should stop mid-stream"
 
@@ -143,7 +144,8 @@ def test_restart_after_sigterm_redispatches_nothing_finished(
             interval=0.5,
         )
     finally:
-        assert second.terminate() == 0, second.log_tail()
+        second_exit = second.terminate()
+    assert second_exit == 0, second.log_tail()
 
     runs = Counter((r["ckb_partition"], r["ckb_offset"]) for r in executions.of(topic))
     assert len(runs) == total

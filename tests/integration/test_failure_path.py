@@ -81,7 +81,8 @@ def test_failures_retries_and_malformed_records(
         wait_for(lambda: kafka.caught_up(group, topic, partitions), 240, "commits")
         elapsed = time.monotonic() - started
     finally:
-        assert bridge.terminate() == 0, bridge.log_tail()
+        exit_code = bridge.terminate()
+    assert exit_code == 0, bridge.log_tail()
 
     always = {n for n in range(total) if n % 10 == 3 and n not in malformed}
     once = {n for n in range(total) if n % 10 == 7 and n not in malformed}
@@ -150,9 +151,10 @@ def test_worker_killed_mid_task_is_redispatched_after_task_timeout(
         wait_for(lambda: kafka.caught_up(group, topic, 1), 90, "commits after the kill")
         assert "sending it again" in bridge.log_tail(20000)
     finally:
-        assert bridge.terminate() == 0, bridge.log_tail()
+        exit_code = bridge.terminate()
         if rescuer is not None:
             rescuer.stop()
+    assert exit_code == 0, bridge.log_tail()
     assert {run["payload"]["n"] for run in executions.of(topic)} == {0, 1}
 
 
@@ -191,7 +193,8 @@ def test_unwritable_dlq_holds_the_commit_until_writes_succeed(
             future.result(30)
         wait_for(lambda: kafka.caught_up(group, topic, 1), 90, "commit after recovery")
     finally:
-        assert bridge.terminate() == 0, bridge.log_tail()
+        exit_code = bridge.terminate()
+    assert exit_code == 0, bridge.log_tail()
     dead = dlq_messages(kafka, dlq)
     numbers = sorted(json.loads(d["value"])["n"] for d in dead)  # type: ignore[arg-type]
     assert numbers == list(range(total)), "every record dead-lettered exactly once"
@@ -260,8 +263,9 @@ def test_redis_restart_mid_run_loses_no_record(
         assert "sending it again" in bridge.log_tail(50000)
     finally:
         local_stack.start_redis()  # idempotent; other tests share this Redis
-        assert bridge.terminate() == 0, bridge.log_tail()
+        exit_code = bridge.terminate()
         worker.stop()
+    assert exit_code == 0, bridge.log_tail()
     done = Counter(run["payload"]["n"] for run in runs.of(topic))
     assert set(done) == set(range(total)), f"lost: {sorted(set(range(total)) - set(done))[:10]}"
     figure(

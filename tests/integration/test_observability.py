@@ -181,7 +181,8 @@ def test_metrics_probes_and_status_during_and_after_a_run(
         check_recovery(kafka, base, topic, partitions, group)
         assert bridge.alive(), bridge.log_tail()
     finally:
-        assert bridge.terminate() == 0, bridge.log_tail()
+        exit_code = bridge.terminate()
+    assert exit_code == 0, bridge.log_tail()
     figure(f"observability: {time.monotonic() - started:.1f}s, {len(scraper.scrapes)} scrapes")
 
 

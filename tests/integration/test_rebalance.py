@@ -124,7 +124,8 @@ def test_kill_9_of_an_instance_loses_nothing(
         wait_for(lambda: kafka.caught_up(group, topic, partitions), 240, "all commits")
     finally:
         victim.kill()
-        assert survivor.terminate() == 0, survivor.log_tail()
+        exit_code = survivor.terminate()
+    assert exit_code == 0, survivor.log_tail()
     runs = run_counts(executions, topic)
     duplicates = sum(n - 1 for n in runs.values())
     figure(f"kill -9: {total} records, {duplicates} duplicate runs (window {window}/partition)")
@@ -159,7 +160,8 @@ def run_mode(
         wait_for(lambda: kafka.caught_up(group, topic, partitions), 240, f"{mode} commits")
         elapsed = time.monotonic() - started
     finally:
-        assert bridge.terminate() == 0, bridge.log_tail()
+        exit_code = bridge.terminate()
+    assert exit_code == 0, bridge.log_tail()
     runs = executions.of(topic)
     assert len({(r["ckb_partition"], r["ckb_offset"]) for r in runs}) == total
     return total / elapsed, runs
@@ -226,7 +228,8 @@ def test_tasks_longer_than_max_poll_interval_cause_no_rebalance(
     try:
         wait_for(lambda: kafka.caught_up(group, topic, 1), 90, "the long tasks to commit")
     finally:
-        assert bridge.terminate() == 0, bridge.log_tail()
+        exit_code = bridge.terminate()
+    assert exit_code == 0, bridge.log_tail()
     log = bridge.log_tail(100_000)
     assert log.count("assigned") == 1, log
     assert "lost" not in log and log.count("revoked") == 1  # the one revoke is the shutdown
