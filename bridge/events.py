@@ -10,7 +10,6 @@ import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from bridge.core.vocabulary import TP
 from bridge.records import Record
@@ -31,21 +30,9 @@ class PartitionState:
     paused: bool
 
 
-class Observer(Protocol):
-    def on_consumed(self, record: Record) -> None: ...
-    def on_dispatched(self, record: Record, task: str, redispatch: bool) -> None: ...
-    def on_task_finished(
-        self, record: Record, task: str, outcome: str, duration: float | None
-    ) -> None: ...
-    def on_dead_lettered(self, record: Record, reason: str) -> None: ...
-    def on_committed(self, tp: TP, offset: int) -> None: ...
-    def on_rebalance(self, event: str, tps: list[TP]) -> None: ...
-    def on_paused(self, paused: int) -> None: ...
-    def on_snapshot(self, partitions: list[PartitionState]) -> None: ...
-
-
-class BaseObserver:
-    """No-op implementations, so an observer overrides only what it watches."""
+class Observer:
+    """The one observer base: every event the loop reports, as a no-op, so an observer
+    overrides only what it watches (metrics, totals, the lag monitor)."""
 
     def on_consumed(self, record: Record) -> None:
         pass
@@ -74,7 +61,7 @@ class BaseObserver:
         pass
 
 
-class Observers(BaseObserver):
+class Observers(Observer):
     """Fans every event out to each observer; an observer's exception is logged, not raised."""
 
     def __init__(self, observers: list[Observer] | None = None) -> None:
@@ -118,7 +105,7 @@ class Observers(BaseObserver):
 
 
 @dataclass
-class Totals(BaseObserver):
+class Totals(Observer):
     """Running totals, for the periodic summary line and ``ckb demo``'s progress."""
 
     consumed: int = 0

@@ -51,7 +51,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from bridge.core.vocabulary import TP, Rebalance
-from bridge.events import BaseObserver, PartitionState
+from bridge.events import Observer, PartitionState
 from bridge.records import Record
 
 #: seconds; from a few milliseconds (a no-op task) to a day (a backlog worked off slowly)
@@ -140,7 +140,7 @@ class Values:
                 gauge.pop(tp, None)
 
 
-class PrometheusObserver(BaseObserver):
+class PrometheusObserver(Observer):
     """Observer keeping the ``ckb_*`` metrics on its own registry (several may coexist)."""
 
     def __init__(

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bridge.events import BaseObserver, Observers, Totals
+from bridge.events import Observer, Observers, PartitionState, Totals
 from bridge.records import Record
 
 RECORD = Record("orders", 0, 5, None, b"{}", (), 1)
@@ -20,10 +20,17 @@ CALLS: list[tuple[str, tuple[Any, ...]]] = [
     ("on_committed", (("orders", 0), 6)),
     ("on_rebalance", ("assign", [("orders", 0)])),
     ("on_paused", (2,)),
+    ("on_snapshot", ([PartitionState("orders", 0, 1, 1, 5, 0.5, False)],)),
 ]
 
 
-class Recorder(BaseObserver):
+def test_the_fan_out_forwards_every_event_of_the_one_observer_base() -> None:
+    events = {name for name in vars(Observer) if name.startswith("on_")}
+    assert {name for name, _ in CALLS} == events
+    assert events <= set(vars(Observers)), "an event Observers would swallow"
+
+
+class Recorder(Observer):
     def __init__(self) -> None:
         self.seen: list[tuple[str, tuple[Any, ...]]] = []
 
@@ -33,7 +40,7 @@ class Recorder(BaseObserver):
         return super().__getattribute__(name)
 
 
-class Exploding(BaseObserver):
+class Exploding(Observer):
     def __getattribute__(self, name: str) -> Any:
         if name.startswith("on_"):
 
