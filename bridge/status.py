@@ -7,7 +7,6 @@ reachable, adds what only the bridge knows: tasks in flight and whether a partit
 from __future__ import annotations
 
 import json
-import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bridge.kafka_clients import consumer_config, quiet_kafka_logger
+from bridge.routing import Router
 from bridge.settings import Settings
 
 
@@ -34,15 +34,10 @@ class PartitionStatus:
 
 
 def routed_topics(settings: Settings, existing: list[str]) -> list[str]:
-    """Existing topics the routes match (exact names and ``^regex`` patterns)."""
-    chosen = []
-    for topic in sorted(existing):
-        for route in settings.routes:
-            hit = re.match(route.topic, topic) if route.is_pattern else route.topic == topic
-            if hit:
-                chosen.append(topic)
-                break
-    return chosen
+    """Existing topics the bridge consumes: those its :class:`Router` matches (so never a
+    dead-letter topic through a ``^regex`` route)."""
+    router = Router(settings.routes)
+    return [topic for topic in sorted(existing) if router.match(topic) is not None]
 
 
 def group_status(settings: Settings, timeout: float = 10.0) -> list[PartitionStatus]:
