@@ -1,4 +1,8 @@
-"""``ckb run`` as a real process: config, start, its /metrics, CPU and memory, stop."""
+"""``ckb run`` as a real process: config, start, wait ready, its /metrics, CPU and memory, stop.
+
+:class:`BridgeProcess` is the one bridge-process helper of the benchmark and the test suite
+(``tests/integration/harness.py`` starts its bridges with it).
+"""
 
 from __future__ import annotations
 
@@ -16,9 +20,9 @@ from typing import Any
 import yaml
 
 from bench import TASK_NAME
+from bench.common import free_port, wait_for
 from bench.env import REPO, Stack
 from bench.procstats import cpu_seconds, peak_rss_mib, rss_mib
-from bridge.stack.processes import free_port
 
 
 def bridge_config(
@@ -68,9 +72,13 @@ def parse_metrics(text: str) -> Counter[str]:
 
 @dataclass
 class BridgeProcess:
+    """A ``ckb run`` process started from ``config``, written to ``config_path``; its output
+    (stdout and stderr) appended to ``log_path``."""
+
     process: subprocess.Popen[bytes]
     config: dict[str, Any]
     log_path: Path
+    config_path: Path
 
     @classmethod
     def start(
@@ -80,8 +88,10 @@ class BridgeProcess:
         name: str,
         profile_to: Path | None = None,
         clock: str = "cpu",
+        env: dict[str, str] | None = None,
     ) -> BridgeProcess:
-        """``python -m bridge run``; with ``profile_to``, under cProfile (``clock`` cpu/wall)."""
+        """``python -m bridge run`` in ``env`` (None: this process's environment); with
+        ``profile_to``, under cProfile (``clock`` cpu/wall)."""
         config_path = work_dir / f"{name}.yaml"
         config_path.write_text(yaml.safe_dump(config))
         log_path = work_dir / f"{name}.log"
@@ -94,10 +104,11 @@ class BridgeProcess:
             process = subprocess.Popen(
                 [*command, "run", "-c", str(config_path)],
                 cwd=REPO,
+                env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        return cls(process, config, log_path)
+        return cls(process, config, log_path, config_path)
 
     @property
     def pid(self) -> int:
@@ -110,6 +121,19 @@ class BridgeProcess:
                 return parse_metrics(reply.read().decode())
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return Counter()
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def wait_assigned(self, timeout: float = 60.0) -> None:
+        """Until the bridge logged its first assignment (it joined its group)."""
+
+        def joined() -> bool:
+            if not self.alive():
+                raise AssertionError(f"bridge exited: {self.log_tail()}")
+            return "assigned " in self.log_tail(200_000)
+
+        wait_for(joined, timeout, "the bridge to join its group", interval=0.1)
 
     def wait_consuming(self, timeout: float = 90.0) -> tuple[float, Counter[str]]:
         """Poll /metrics until the first record was consumed; that moment and the metrics."""
@@ -133,14 +157,33 @@ class BridgeProcess:
         return peak_rss_mib(self.pid)
 
     def stop(self, timeout: float = 60.0) -> int:
-        """SIGTERM (a graceful stop: commit, close), SIGKILL if it does not end in time."""
+        """SIGTERM (a graceful stop: commit, close), SIGKILL if it does not end in time;
+        the exit code."""
+        code, _ = self._sigterm(timeout)
+        return code
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """:meth:`stop`, for tests: a bridge that needs SIGKILL is an ``AssertionError``."""
+        code, killed = self._sigterm(timeout)
+        if killed:
+            raise AssertionError(f"bridge did not stop on SIGTERM: {self.log_tail()}")
+        return code
+
+    def _sigterm(self, timeout: float) -> tuple[int, bool]:
+        """SIGTERM, SIGKILL after ``timeout``: the exit code and whether it took SIGKILL."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
-            return self.process.wait(timeout)
+            return self.process.wait(timeout), False
         except subprocess.TimeoutExpired:
             self.process.kill()
-            return self.process.wait(10)
+            return self.process.wait(10), True
 
-    def log_tail(self, chars: int = 3000) -> str:
+    def kill(self) -> None:
+        """SIGKILL, if it still runs."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]

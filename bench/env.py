@@ -18,10 +18,10 @@ from typing import Any
 
 from celery import Celery
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from bench import common
+from bench.common import free_port, produce_retrying
 from bridge.stack import LocalStack, StackInfo
-from bridge.stack.processes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BROKER_DB = 0
@@ -38,12 +38,7 @@ def payload(n: int) -> dict[str, Any]:
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+    common.wait_for(condition, timeout, what, interval=0.1, error=TimeoutError)
 
 
 @dataclass
@@ -84,9 +79,7 @@ class Stack:
 
 # == Kafka ==================================================================================
 def create_topic(bootstrap: str, name: str, partitions: int) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(name, partitions, 1)])[name].result(30)
-    wait_until(lambda: name in admin.list_topics(timeout=5).topics, 30, f"topic {name}")
+    common.create_topic(bootstrap, name, partitions, error=TimeoutError)
 
 
 @dataclass
@@ -130,22 +123,14 @@ def produce(
     for i in range(count):
         if rate:
             producer.poll(max(began + i / rate - time.monotonic(), 0))
-        _send(producer, topic, json.dumps(payload(i)).encode(), delivered)
+        value = json.dumps(payload(i)).encode()
+        produce_retrying(producer, topic, backoff=0.05, value=value, on_delivery=delivered)
+        producer.poll(0)
     if producer.flush(60):
         raise RuntimeError(f"producing to {topic} did not complete")
     if acknowledged != count:
         raise RuntimeError(f"{count - acknowledged} records to {topic} failed")
     return produced
-
-
-def _send(producer: Producer, topic: str, value: bytes, delivered: Callable[..., None]) -> None:
-    while True:
-        try:
-            producer.produce(topic, value=value, on_delivery=delivered)
-            producer.poll(0)
-            return
-        except BufferError:  # the local queue is full: let deliveries drain it
-            producer.poll(0.05)
 
 
 def committed_total(consumer: Consumer, topic: str, partitions: int) -> int:

@@ -25,6 +25,7 @@ from typing import Any
 import redis
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
+from bench.common import produce_retrying
 from bridge.stack import StackInfo
 from tests.chaos.invariants import (
     OK,
@@ -169,17 +170,14 @@ class NumberedProducer:
             else:
                 self.errors.append(f"record {n}: {err}")
 
-        for _ in range(1000):  # bounded: a full local queue drains within seconds
-            try:
-                producer.produce(
-                    self._topic,
-                    value=record.value,
-                    partition=record.partition,
-                    on_delivery=delivered,
-                )
-                break
-            except BufferError:
-                producer.poll(0.1)
+        produce_retrying(  # bounded: a full local queue drains within seconds
+            producer,
+            self._topic,
+            attempts=1000,
+            value=record.value,
+            partition=record.partition,
+            on_delivery=delivered,
+        )
         producer.poll(0)
 
     @property
@@ -257,7 +255,7 @@ class Fleet:
         bridge = start_bridge(self.config, self.work_dir, name)
         self.bridges[name] = bridge
         if wait:
-            wait_assigned(bridge)
+            bridge.wait_assigned()
         return bridge
 
     def running(self) -> list[BridgeProcess]:
@@ -290,17 +288,6 @@ class Fleet:
 
     def logs(self, chars: int = 3000) -> str:
         return "\n".join(f"--- {name}\n{b.log_tail(chars)}" for name, b in self.bridges.items())
-
-
-def wait_assigned(bridge: BridgeProcess, timeout: float = 60) -> None:
-    """Until the bridge logged its first assignment (it joined the group)."""
-
-    def joined() -> bool:
-        if not bridge.alive():
-            raise AssertionError(f"bridge exited: {bridge.log_tail()}")
-        return "assigned " in bridge.log_tail(200_000)
-
-    wait_for(joined, timeout, "the bridge to join its group", interval=0.1)
 
 
 # == scenarios ==========================================================================

@@ -1,4 +1,9 @@
-"""Helpers that drive real processes: Kafka topics, `ckb run` bridges, Celery workers."""
+"""Helpers that drive real processes: Kafka topics, `ckb run` bridges, Celery workers.
+
+What the benchmark needs too (a free port, polling with a deadline, producing through a full
+queue, the ``ckb run`` process) lives in ``bench`` (:mod:`bench.common`,
+:mod:`bench.bridgeproc`) and is re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +16,34 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import kombu.exceptions
 import redis
-import yaml
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from bench.bridgeproc import BridgeProcess
+from bench.common import create_topic, free_port, produce_retrying, wait_for
 from bridge.stack import StackInfo
+
+__all__ = [
+    "REPO",
+    "SHARED_QUEUE",
+    "BridgeProcess",
+    "Executions",
+    "Kafka",
+    "Worker",
+    "bridge_config",
+    "free_port",
+    "run_bridge_to_end",
+    "start_bridge",
+    "start_worker",
+    "unique",
+    "wait_for",
+    "worker_env",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,25 +51,8 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED_QUEUE = "it-shared"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def wait_for(
-    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.2
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 @dataclass
@@ -56,10 +61,7 @@ class Kafka:
 
     def create_topic(self, partitions: int, prefix: str = "it") -> str:
         name = unique(prefix)
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
-        futures = admin.create_topics([NewTopic(name, partitions, 1)])
-        futures[name].result(30)
-        wait_for(lambda: name in admin.list_topics(timeout=5).topics, 30, f"topic {name}")
+        create_topic(self.bootstrap, name, partitions)
         return name
 
     def produce(
@@ -83,12 +85,7 @@ class Kafka:
             if headers is not None:
                 extra["headers"] = headers
             key = key_list[i] if key_list is not None else None
-            while True:
-                try:
-                    producer.produce(topic, value=value, key=key, **extra)
-                    break
-                except BufferError:
-                    producer.poll(0.1)
+            produce_retrying(producer, topic, value=value, key=key, **extra)
             count += 1
         assert producer.flush(30) == 0, "produce did not complete"
         return count
@@ -241,35 +238,6 @@ def start_worker(
     return worker
 
 
-@dataclass
-class BridgeProcess:
-    process: subprocess.Popen[bytes]
-    config_path: Path
-    log_path: Path
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def terminate(self, timeout: float = 60) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
-            raise AssertionError(f"bridge did not stop on SIGTERM: {self.log_tail()}") from None
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-
 def bridge_config(
     stack: StackInfo, group: str, routes: list[dict[str, Any]], **overrides: Any
 ) -> dict[str, Any]:
@@ -293,18 +261,9 @@ def bridge_config(
 
 
 def start_bridge(config: dict[str, Any], work_dir: Path, name: str = "bridge") -> BridgeProcess:
-    config_path = work_dir / f"{name}.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    log_path = work_dir / f"{name}.log"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "run", "-c", str(config_path)],
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    return BridgeProcess(process, config_path, log_path, config)
+    """``ckb run -c <work_dir>/<name>.yaml``, its output in ``<work_dir>/<name>.log``."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return BridgeProcess.start(config, work_dir, name, env=env)
 
 
 def run_bridge_to_end(
@@ -322,7 +281,7 @@ def run_bridge_to_end(
     topic = routes[0]["topic"]
     config = bridge_config(stack, unique("g"), routes, **(settings or {}))
     bridge = start_bridge(config, work_dir)
-    group = bridge.settings["kafka"]["group_id"]
+    group = bridge.config["kafka"]["group_id"]
     try:
         wait_for(lambda: kafka.caught_up(group, topic, partitions), timeout, f"{topic} committed")
     finally:

@@ -60,7 +60,7 @@ def test_each_kind_of_bad_record_is_dead_lettered_and_the_partition_flows(
         {"topic": text_topic, "task": "it.record", "queue": SHARED_QUEUE, "payload": "text"},
     ]
     bridge = start_bridge(bridge_config(stack, unique("g-bad"), routes), work_dir)
-    group = bridge.settings["kafka"]["group_id"]
+    group = bridge.config["kafka"]["group_id"]
     try:
         for topic in (json_topic, text_topic):
             wait_for(

@@ -81,7 +81,7 @@ def test_flower_lists_the_tasks_the_bridge_dispatched(
         bridge = run_bridge_to_end(stack, kafka, work_dir, [route], partitions=2)
     finally:
         worker.stop()
-    group = bridge.settings["kafka"]["group_id"]
+    group = bridge.config["kafka"]["group_id"]
 
     expected = {
         task_id_for(group, topic, m.partition(), m.offset(), m.timestamp()[1], 0)

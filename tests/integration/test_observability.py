@@ -241,7 +241,7 @@ def check_status(
     assert code == 200
     report = json.loads(body)
     ends = kafka.end_offsets(topic)
-    assert report["group"] == bridge.settings["kafka"]["group_id"]
+    assert report["group"] == bridge.config["kafka"]["group_id"]
     states = {p["partition"]: p for p in report["partitions"] if p["topic"] == topic}
     assert set(states) == set(range(partitions))
     for p, state in states.items():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 from pathlib import Path
 
@@ -10,15 +9,10 @@ import pytest
 import redis
 from confluent_kafka import Consumer, Producer
 
+from bench.common import free_port
 from bridge.stack import LocalStack, StackError, StackInfo
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _ping(url: str) -> bool:
@@ -63,7 +57,7 @@ def _assert_running(stack: LocalStack, info: StackInfo) -> tuple[int, int]:
 
 def test_stack_lifecycle(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    kafka_port, redis_port = _free_port(), _free_port()
+    kafka_port, redis_port = free_port(), free_port()
     stack = LocalStack(state, kafka_port=kafka_port, redis_port=redis_port)
     progress: list[str] = []
     try:
@@ -84,9 +78,9 @@ def test_stack_lifecycle(tmp_path: Path) -> None:
         assert LocalStack(state).status()["kafka"]["pid"] == pids[0]
 
         with pytest.raises(StackError, match="already runs Kafka"):
-            LocalStack(state, kafka_port=_free_port(), redis_port=redis_port).up()
+            LocalStack(state, kafka_port=free_port(), redis_port=redis_port).up()
         with pytest.raises(StackError, match=rf"port {kafka_port} .*--kafka-port"):
-            LocalStack(tmp_path / "other", kafka_port=kafka_port, redis_port=_free_port()).up()
+            LocalStack(tmp_path / "other", kafka_port=kafka_port, redis_port=free_port()).up()
 
         stack.stop_redis()
         assert not stack.status()["redis"]["running"]

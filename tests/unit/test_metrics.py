@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import urllib.error
 import urllib.request
 from typing import Any
@@ -12,6 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.common import free_port
 from bridge.events import Observers, PartitionState
 from bridge.http_server import OpsApp, OpsServer, Probes
 from bridge.lag import LagMonitor
@@ -298,12 +298,6 @@ def test_probes() -> None:
     assert probes(kafka_ok=lambda: False).ready()[1]["reasons"] == [
         "kafka: no answer to the lag monitor recently"
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get(url: str) -> tuple[int, str, bytes]:
