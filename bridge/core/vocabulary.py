@@ -64,7 +64,7 @@ class TaskState(StrEnum):
     def parse(cls, value: object) -> TaskState | None:
         """The state named by ``value``, or None for anything the bridge does not know."""
         try:
-            return cls(value)
+            return cls(value) if isinstance(value, str) else None
         except ValueError:
             return None
 

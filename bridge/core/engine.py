@@ -1,0 +1,301 @@
+"""The work engine: per-partition work state and every decision the consumer loop carries out.
+
+The loop tells it what happened (records consumed, tasks sent, states reported, dead letters
+written, commits made, partitions assigned or revoked) and asks it what to do: which jobs may
+be sent now, which tasks are lost, what may be committed, which partitions to pause or resume.
+It does no I/O and reads no clock: every call that needs the time is given ``now``.
+
+Invariants (checked by ``tests/unit/test_engine_model.py`` after every step):
+
+- the commit point of a partition never passes an open offset and never moves back;
+- a record finishes at most once per assignment; an event of an older assignment is ignored;
+- tasks in flight never exceed a partition's ``max_in_flight`` or ``max_in_flight_total``;
+- ordering: one task per key (``key``) or per partition (``partition``) at a time;
+- after :meth:`select`, no partition holds a waiting job that could have been sent;
+- a revoked partition leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Generic
+
+from bridge.core.deadlines import Deadlines
+from bridge.core.jobs import Job, T
+from bridge.core.partition import PartitionWork
+from bridge.core.policy import Limits, RoutePolicy
+from bridge.core.vocabulary import TP
+
+
+@dataclass(slots=True)
+class FlowChange:
+    """Partitions to pause and to resume now."""
+
+    pause: list[TP] = field(default_factory=list)
+    resume: list[TP] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Expiry(Generic[T]):
+    """Tasks past their deadline: to send again, or given up (released, to dead-letter)."""
+
+    resend: list[Job[T]] = field(default_factory=list)
+    timed_out: list[Job[T]] = field(default_factory=list)
+
+
+class WorkEngine(Generic[T]):
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self._parts: dict[TP, PartitionWork[T]] = {}
+        #: the partition of every job in flight, by task id
+        self._owner: dict[str, PartitionWork[T]] = {}
+        self._deadlines = Deadlines()
+        #: partitions whose waiting jobs may be sendable: new jobs, freed room, or starved of
+        #: total room last time (those are looked at every turn; it costs O(1) each)
+        self._ready: set[TP] = set()
+        self._epochs = 0
+        self._open_total = 0
+
+    # == assignment ======================================================================
+    def assign(self, tp: TP, policy: RoutePolicy | None) -> int:
+        """Own ``tp`` afresh (any earlier state is dropped); returns the new epoch."""
+        self.drop(tp)
+        self._epochs += 1
+        cap = policy.max_in_flight if policy else self.limits.max_in_flight_total
+        self._parts[tp] = PartitionWork(self._epochs, policy, cap)
+        return self._epochs
+
+    def drop(self, tp: TP) -> PartitionWork[T] | None:
+        """Forget ``tp`` whole (revoked or lost); returns what it held (jobs, pause flag)."""
+        part = self._parts.pop(tp, None)
+        if part is None:
+            return None
+        self._open_total -= part.open_count
+        for task_id in part.jobs:
+            del self._owner[task_id]
+        self._ready.discard(tp)
+        return part
+
+    def owns(self, tp: TP, epoch: int | None = None) -> bool:
+        part = self._parts.get(tp)
+        return part is not None and (epoch is None or part.epoch == epoch)
+
+    def partition(self, tp: TP) -> PartitionWork[T] | None:
+        return self._parts.get(tp)
+
+    def partitions(self) -> list[TP]:
+        return list(self._parts)
+
+    def _owned(self, tp: TP, epoch: int) -> PartitionWork[T] | None:
+        part = self._parts.get(tp)
+        return part if part is not None and part.epoch == epoch else None
+
+    # == records =========================================================================
+    def open(self, tp: TP, offset: int, now: float) -> int | None:
+        """A consumed record: its epoch, or None (partition not owned, offset already seen)."""
+        part = self._parts.get(tp)
+        if part is None or not part.offsets.add(offset, now):
+            return None
+        self._open_total += 1
+        return part.epoch
+
+    def finish(self, tp: TP, offset: int, epoch: int) -> bool:
+        """A record is done (task succeeded, dead letter written, skipped); False if stale."""
+        part = self._owned(tp, epoch)
+        if part is None or not part.offsets.finish(offset):
+            return False
+        self._open_total -= 1
+        return True
+
+    def enqueue(self, job: Job[T]) -> bool:
+        """A decoded record waits for its turn to be sent; False if its partition moved."""
+        part = self._owned(job.tp, job.epoch)
+        if part is None or part.policy is None:
+            return False
+        part.waiting.append(job)
+        self._ready.add(job.tp)
+        return True
+
+    def clear_waiting(self) -> int:
+        """Drop every job not yet sent (shutdown): their offsets stay open, uncommitted."""
+        dropped = sum(len(part.waiting) for part in self._parts.values())
+        for part in self._parts.values():
+            part.waiting.clear()
+        self._ready.clear()
+        return dropped
+
+    # == dispatch ========================================================================
+    def select(self) -> list[Job[T]]:
+        """Take the waiting jobs that may be sent now (ordering and caps allowing).
+
+        The caller sends them and reports :meth:`started`, or :meth:`put_back` if the send
+        failed, or :meth:`settled` for one that needs no task (its outcome was known).
+        """
+        chosen: list[Job[T]] = []
+        ready, self._ready = self._ready, set()
+        for tp in ready:
+            part = self._parts.get(tp)
+            if part is None or part.policy is None or not part.waiting:
+                continue
+            total_room = self.limits.max_in_flight_total - len(self._owner) - len(chosen)
+            room = part.room()
+            chosen.extend(
+                part.gate.select(part.policy.ordering, part.waiting, min(room, total_room))
+            )
+            if part.waiting and total_room <= room:
+                self._ready.add(tp)  # starved by the total cap: look again next turn
+        return chosen
+
+    def started(self, jobs: Iterable[Job[T]], now: float) -> None:
+        """Selected jobs whose tasks were sent (or were already sent by an earlier owner)."""
+        for job in jobs:
+            part = self._owned(job.tp, job.epoch)
+            if part is None or job.task_id in part.jobs:
+                continue
+            part.jobs[job.task_id] = job
+            self._owner[job.task_id] = part
+            part.gate.started(job.key)
+            job.first_dispatch = now
+            job.dispatches += 1
+            self._arm(job, now)
+
+    def settled(self, job: Job[T]) -> None:
+        """A selected job needed no task after all: the room it was given is free again."""
+        if self.owns(job.tp, job.epoch):
+            self._ready.add(job.tp)
+
+    def put_back(self, jobs: Iterable[Job[T]]) -> None:
+        """Selected jobs that could not be sent wait again, in offset order."""
+        by_tp: dict[TP, list[Job[T]]] = defaultdict(list)
+        for job in jobs:
+            by_tp[job.tp].append(job)
+        for tp, unsent in by_tp.items():
+            part = self._owned(tp, unsent[0].epoch)
+            if part is not None:
+                part.put_back(unsent)
+                self._ready.add(tp)
+
+    # == outcomes ========================================================================
+    def job(self, task_id: str) -> Job[T] | None:
+        part = self._owner.get(task_id)
+        return None if part is None else part.jobs[task_id]
+
+    def progress(self, task_id: str, now: float, retry: bool = False) -> Job[T] | None:
+        """The task reported progress (STARTED, RETRY): its timeout window starts again."""
+        job = self.job(task_id)
+        if job is not None:
+            job.retries_seen += retry
+            self._arm(job, now)
+        return job
+
+    def complete(self, task_id: str) -> Job[T] | None:
+        """The task reached a final state: out of flight. None if not ours (any more)."""
+        part = self._owner.pop(task_id, None)
+        if part is None:
+            return None
+        job = part.jobs.pop(task_id)
+        part.gate.finished(job.key)
+        self._ready.add(job.tp)
+        return job
+
+    def expire(self, now: float) -> Expiry[T]:
+        """Tasks with no final state by their deadline.
+
+        Those with re-sends left are re-armed and returned to be sent again (report
+        :meth:`resent`); the others are taken out of flight, to be dead-lettered.
+        """
+        expiry: Expiry[T] = Expiry()
+        for task_id in self._deadlines.due(now, self._is_current):
+            part = self._owner[task_id]
+            job = part.jobs[task_id]
+            assert part.policy is not None  # only routed partitions send tasks
+            if job.dispatches <= part.policy.max_redispatch:
+                self._arm(job, now)
+                expiry.resend.append(job)
+            else:
+                self.complete(task_id)
+                expiry.timed_out.append(job)
+        return expiry
+
+    def resent(self, job: Job[T], now: float) -> None:
+        """A lost task was sent again: one more dispatch, a fresh timeout window."""
+        if self.job(job.task_id) is job:
+            job.dispatches += 1
+            self._arm(job, now)
+
+    def _arm(self, job: Job[T], now: float) -> None:
+        part = self._owner[job.task_id]
+        assert part.policy is not None
+        job.deadline = now + part.policy.task_timeout
+        self._deadlines.arm(job.task_id, job.deadline, len(self._owner), self._is_current)
+
+    def _is_current(self, task_id: str, deadline: float) -> bool:
+        job = self.job(task_id)
+        return job is not None and job.deadline == deadline
+
+    # == commits =========================================================================
+    def committable(self, tps: Iterable[TP] | None = None) -> dict[TP, int]:
+        """Commit points that moved past what was last marked committed."""
+        points: dict[TP, int] = {}
+        for tp in self._parts if tps is None else tps:
+            part = self._parts.get(tp)
+            point = None if part is None else part.offsets.committable()
+            if point is not None:
+                points[tp] = point
+        return points
+
+    def mark_committed(self, tp: TP, offset: int) -> None:
+        part = self._parts.get(tp)
+        if part is not None:
+            part.offsets.mark_committed(offset)
+
+    def unmark_committed(self, tp: TP, offset: int) -> None:
+        """A commit failed: the point is offered again by :meth:`committable`."""
+        part = self._parts.get(tp)
+        if part is not None:
+            part.offsets.unmark_committed(offset)
+
+    # == flow control ====================================================================
+    def flow(self) -> FlowChange:
+        """Pause partitions at their cap (or all, at the total cap); resume drained ones."""
+        limits = self.limits
+        total_full = self._open_total >= limits.max_in_flight_total
+        total_low = self._open_total <= limits.max_in_flight_total * limits.resume_ratio
+        change = FlowChange()
+        for tp, part in self._parts.items():
+            count = part.open_count
+            full = total_full or count >= part.cap
+            if not part.paused and full:
+                part.paused = True
+                change.pause.append(tp)
+            elif part.paused and not full and total_low and count <= part.cap * limits.resume_ratio:
+                # "not full": with resume_ratio 1 a partition at its cap would flap every turn
+                part.paused = False
+                change.resume.append(tp)
+        return change
+
+    # == sizes ===========================================================================
+    @property
+    def open_total(self) -> int:
+        return self._open_total
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._owner)
+
+    def in_flight_of(self, tps: Iterable[TP]) -> int:
+        return sum(len(part.jobs) for tp in tps if (part := self._parts.get(tp)) is not None)
+
+    @property
+    def paused_count(self) -> int:
+        return sum(part.paused for part in self._parts.values())
+
+    def ready_partitions(self) -> frozenset[TP]:
+        """Partitions :meth:`select` will look at next (for tests of the no-stall invariant)."""
+        return frozenset(self._ready)
+
+    @property
+    def waiting_count(self) -> int:
+        return sum(len(part.waiting) for part in self._parts.values())

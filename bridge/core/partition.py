@@ -1,0 +1,50 @@
+"""Everything the engine knows about one assigned partition, in one object.
+
+A revoke or a lost partition drops the object whole, so no container can outlive its
+assignment (no "forget" that has to clear eight dicts in lockstep).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from typing import Generic
+
+from bridge.core.jobs import Job, T
+from bridge.core.offsets import PartitionOffsets
+from bridge.core.ordering import PartitionGate
+from bridge.core.policy import RoutePolicy
+
+
+class PartitionWork(Generic[T]):
+    """One partition under one assignment (``epoch``)."""
+
+    __slots__ = ("cap", "epoch", "gate", "jobs", "offsets", "paused", "policy", "waiting")
+
+    def __init__(self, epoch: int, policy: RoutePolicy | None, cap: int) -> None:
+        self.epoch = epoch
+        #: None for a topic no route matches: its records are never dispatched
+        self.policy = policy
+        #: open records at which the partition pauses
+        self.cap = cap
+        self.offsets = PartitionOffsets()
+        #: consumed, routed and decoded, not yet sent (offset order)
+        self.waiting: deque[Job[T]] = deque()
+        self.gate = PartitionGate()
+        #: sent and not final, by task id
+        self.jobs: dict[str, Job[T]] = {}
+        self.paused = False
+
+    @property
+    def open_count(self) -> int:
+        return len(self.offsets.open)
+
+    def room(self) -> int:
+        """How many more tasks this partition may have in flight."""
+        return 0 if self.policy is None else self.policy.max_in_flight - len(self.jobs)
+
+    def put_back(self, jobs: Iterable[Job[T]]) -> None:
+        """Return unsent jobs to the waiting queue, keeping offset order."""
+        merged = sorted([*self.waiting, *jobs], key=lambda job: job.offset)
+        self.waiting.clear()
+        self.waiting.extend(merged)

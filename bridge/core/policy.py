@@ -1,0 +1,29 @@
+"""What the engine needs to know of the settings, as plain frozen values.
+
+The loop builds these from the pydantic settings once; the engine never sees pydantic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bridge.core.vocabulary import Ordering
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePolicy:
+    """The per-route limits and timers that decide when a record's task may run."""
+
+    ordering: Ordering = Ordering.UNORDERED
+    max_in_flight: int = 1000  # tasks in flight per partition
+    task_timeout: float = 300.0  # seconds without a final state before a task counts as lost
+    max_redispatch: int = 2  # re-sends of a lost task before it is dead-lettered
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Caps over all partitions."""
+
+    max_in_flight_total: int = 10_000
+    #: a paused partition resumes once its open records (and the total) fell to this share
+    resume_ratio: float = 0.5

@@ -1,0 +1,111 @@
+"""Sending the jobs the engine selects: ledger first, then one pipelined publish.
+
+A job whose task id the ledger already knows is not sent again: a final result concludes it
+(a restart, an earlier owner), a dispatch marker means an earlier owner's task is still on its
+way, so it is watched instead. A refused publish puts the jobs back and backs off.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+from bridge.core.engine import WorkEngine
+from bridge.core.jobs import Job
+from bridge.dispatch_ledger import DispatchLedger
+from bridge.dispatcher import Dispatcher, PublishError
+from bridge.events import Observers
+from bridge.intake import Work
+from bridge.outcomes import Outcomes
+from bridge.results import ResultWatcher
+from bridge.settings import Route
+
+log = logging.getLogger(__name__)
+
+#: seconds the loop waits before sending again after the broker refused a publish
+PUBLISH_BACKOFF = 1.0
+
+
+class Sender:
+    def __init__(
+        self,
+        engine: WorkEngine[Work],
+        dispatcher: Dispatcher,
+        watcher: ResultWatcher,
+        ledger: DispatchLedger,
+        outcomes: Outcomes,
+        observers: Observers,
+        clock: Callable[[], float],
+    ) -> None:
+        self._engine = engine
+        self._dispatcher = dispatcher
+        self._watcher = watcher
+        self._ledger = ledger
+        self._outcomes = outcomes
+        self._events = observers
+        self._clock = clock
+        self._backoff_until = 0.0
+
+    def send_selected(self) -> None:
+        """Send what the engine lets go now (nothing while backing off after a refusal)."""
+        if self._clock() < self._backoff_until:
+            return
+        batch = self._engine.select()
+        if not batch:
+            return
+        known = self._ledger.lookup([job.task_id for job in batch])
+        fresh = []
+        for job in batch:
+            if job.task_id in known.finals:  # done before (a restart, an earlier owner)
+                self._engine.settled(job)
+                self._outcomes.conclude(job, known.finals[job.task_id])
+            elif job.task_id in known.in_progress:  # sent by an earlier owner: watch it
+                self._watcher.watch([job.task_id])
+                self._engine.started([job], self._clock())
+            else:
+                fresh.append(job)
+        if not fresh:
+            return
+        if not self._publish([job.item for job in fresh]):
+            self._engine.put_back(fresh)
+            return
+        self._engine.started(fresh, self._clock())
+        for job in fresh:
+            self._events.on_dispatched(job.item.record, job.item.route.task, False)
+
+    def resend(self, job: Job[Work]) -> None:
+        """Send a lost task again, unless its result appeared meanwhile."""
+        # Celery never re-stores a SUCCESS, so read the key before waiting on the same id again
+        final = self._ledger.lookup([job.task_id]).finals.get(job.task_id)
+        if final is not None:
+            if self._engine.complete(job.task_id) is not None:
+                self._outcomes.conclude(job, final)
+        elif self._publish([job.item]):
+            self._engine.resent(job, self._clock())
+            self._events.on_dispatched(job.item.record, job.item.route.task, True)
+
+    def _publish(self, work: list[Work]) -> bool:
+        """Send tasks (watched first, so no result is missed) and mark them in the ledger."""
+        self._watcher.watch(w.request.task_id for w in work)
+        try:
+            self._dispatcher.publish([w.request for w in work])
+        except PublishError as exc:
+            log.warning("%s; will retry", exc)
+            self._backoff_until = self._clock() + PUBLISH_BACKOFF
+            return False
+        for route, ids in _by_route(work):
+            self._ledger.mark(ids, marker_ttl(route))
+        return True
+
+
+def marker_ttl(route: Route) -> float:
+    """How long a dispatch marker lives: past every re-send the route allows."""
+    return route.task_timeout * (route.max_redispatch + 2)
+
+
+def _by_route(work: Iterable[Work]) -> list[tuple[Route, list[str]]]:
+    """Task ids per route: each route's markers live as long as its own timeouts need."""
+    ids: dict[int, tuple[Route, list[str]]] = {}
+    for item in work:
+        ids.setdefault(id(item.route), (item.route, []))[1].append(item.request.task_id)
+    return list(ids.values())
