@@ -100,7 +100,7 @@ def check_config(config_path: Path | None) -> None:
     "bridges",
     multiple=True,
     metavar="URL",
-    help="A running bridge's metrics endpoint, for in-flight and paused per partition "
+    help="A running bridge's HTTP endpoint (its /status), for in-flight and paused per partition "
     "(repeatable; default: try http://127.0.0.1:<metrics.port> quietly).",
 )
 def status(config_path: Path | None, as_json: bool, bridges: tuple[str, ...]) -> None:

@@ -6,13 +6,17 @@ already hold (plus two flags of other threads), so serving never touches Kafka, 
 loop. prometheus_client's own ``start_http_server`` serves metrics only; these four routes
 need no more than the standard library.
 
+The probes and ``/status`` are always served (the container health check and Kubernetes
+probes call them); ``/metrics`` only with ``metrics.enabled``, else it answers 404.
+
 - ``/metrics``: the observer's registry in the Prometheus text format (OpenMetrics when the
   scraper asks for it in ``Accept``).
 - ``/healthz``: 200 while the consumer loop finished a turn within ``stall_after`` seconds,
   else 503. For a liveness probe: a stuck loop is worth a restart.
 - ``/readyz``: 200 when the loop turns, the bridge is not stopping, the result backend (Redis)
   is connected and Kafka answered the lag monitor recently; else 503 with the reasons.
-- ``/status``: the loop's latest per-partition snapshot as JSON (what ``ckb status`` shows).
+- ``/status``: the loop's latest per-partition snapshot as JSON, with end offsets and lag
+  from the lag monitor (what ``ckb status`` adds in-flight and paused from).
 """
 
 from __future__ import annotations
@@ -71,20 +75,25 @@ class Probes:
 
 @dataclass
 class OpsApp:
-    """What the routes serve; the server hands every request to :meth:`respond`."""
+    """What the routes serve; the server hands every request to :meth:`respond`.
 
-    registry: CollectorRegistry
+    Without a ``registry`` (metrics disabled) there is no ``/metrics`` route.
+    """
+
+    registry: CollectorRegistry | None
     probes: Probes
     status: Callable[[], dict[str, Any]]
     routes: dict[str, Callable[[str | None], tuple[int, str, bytes]]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.routes = {
-            "/metrics": self._metrics,
             "/healthz": lambda _: _json(*self.probes.live()),
             "/readyz": lambda _: _json(*self.probes.ready()),
             "/status": lambda _: _json(True, self.status()),
         }
+        registry = self.registry
+        if registry is not None:
+            self.routes["/metrics"] = lambda accept: _metrics(registry, accept)
 
     def respond(self, path: str, accept: str | None) -> tuple[int, str, bytes]:
         route = self.routes.get(path.split("?", 1)[0].rstrip("/") or "/")
@@ -92,9 +101,10 @@ class OpsApp:
             return _json(False, {"error": "not found", "paths": sorted(self.routes)}, 404)
         return route(accept)
 
-    def _metrics(self, accept: str | None) -> tuple[int, str, bytes]:
-        encoder, content_type = choose_encoder(accept or "")
-        return 200, content_type, encoder(self.registry)
+
+def _metrics(registry: CollectorRegistry, accept: str | None) -> tuple[int, str, bytes]:
+    encoder, content_type = choose_encoder(accept or "")
+    return 200, content_type, encoder(registry)
 
 
 def _json(ok: bool, body: dict[str, Any], failed: int = 503) -> tuple[int, str, bytes]:
@@ -151,9 +161,8 @@ class OpsServer:
             server = (_Server6 if ":" in host else _Server)(self._address, _Handler)
         except OSError as exc:
             raise OSError(
-                f"cannot serve metrics on {host}:{self._address[1]} ({exc.strerror}): "
-                "change metrics.host/metrics.port (0 picks a free port) or set "
-                "metrics.enabled: false"
+                f"cannot serve /healthz, /readyz, /status on {host}:{self._address[1]} "
+                f"({exc.strerror}): change metrics.host/metrics.port (0 picks a free port)"
             ) from exc
         server.app = self._app
         self._server = server
@@ -162,7 +171,8 @@ class OpsServer:
         )
         self._thread.start()
         log.info(
-            "serving /metrics, /healthz, /readyz, /status on http://%s:%d",
+            "serving %s on http://%s:%d",
+            ", ".join(sorted(self._app.routes)),
             f"[{host}]" if ":" in host else host,
             self.port,
         )

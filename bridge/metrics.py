@@ -26,7 +26,8 @@ Accounting rules:
 - ``ckb_rebalances_total`` counts rebalance callbacks that changed the assignment.
 - ``ckb_oldest_inflight_age_seconds``: age of the oldest unfinished record of the partition
   (the one holding the commit point back), 0 when nothing is open; from the loop's snapshots.
-- ``ckb_consumer_lag_records`` is set by :class:`bridge.lag.LagMonitor` from its own client.
+- ``ckb_consumer_lag_records`` comes from :class:`bridge.lag.LagMonitor` (:meth:`set_lag`),
+  which reads end offsets with its own client.
 
 Every observer method is a dict update under an uncontended lock: cheap on the loop thread.
 """
@@ -39,7 +40,6 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -107,7 +107,6 @@ class Values:
     in_flight: dict[TP, set[int]] = field(default_factory=dict)
     oldest_age: dict[TP, float] = field(default_factory=dict)
     committed: dict[TP, int] = field(default_factory=dict)
-    end: dict[TP, int] = field(default_factory=dict)
     lag: dict[TP, int] = field(default_factory=dict)
     paused: int = 0
     durations: dict[Labels, Histogram] = field(default_factory=dict)
@@ -136,7 +135,7 @@ class Values:
     def forget(self, tps: Iterable[TP]) -> None:
         """Drop the gauges of partitions no longer assigned (counters stay: they only grow)."""
         for tp in tps:
-            for gauge in (self.in_flight, self.oldest_age, self.committed, self.end, self.lag):
+            for gauge in (self.in_flight, self.oldest_age, self.committed, self.lag):
                 gauge.pop(tp, None)
 
 
@@ -150,8 +149,6 @@ class PrometheusObserver(Observer):
         self.lock = threading.Lock()
         self._values = Values()
         self._clock = clock
-        self._snapshot: list[PartitionState] = []
-        self._snapshot_at: float | None = None
         self.registry.register(_Collector(self))
 
     # == events (loop thread) ==========================================================
@@ -207,50 +204,22 @@ class PrometheusObserver(Observer):
             self._values.paused = paused
 
     def on_snapshot(self, partitions: list[PartitionState]) -> None:
-        now = self._clock()
         with self.lock:
             values = self._values
             for state in partitions:
                 if (state.topic, state.partition) in values.in_flight:
                     values.oldest_age[(state.topic, state.partition)] = state.oldest_open_age or 0.0
             values.paused = sum(1 for state in partitions if state.paused)
-            self._snapshot, self._snapshot_at = partitions, now
 
-    # == for the lag monitor (its own thread) ==========================================
-    def assigned(self) -> list[TP]:
-        with self.lock:
-            return sorted(self._values.in_flight)
-
-    def committed_offsets(self) -> dict[TP, int]:
-        with self.lock:
-            return dict(self._values.committed)
-
-    def set_end_offsets(self, ends: Mapping[TP, int], committed: Mapping[TP, int]) -> None:
-        """Record end offsets and lag = end - committed, for partitions still assigned.
-
-        ``committed`` must have been read before ``ends`` (so the lag is never negative).
-        """
+    # == from the lag monitor (its own thread) =========================================
+    def set_lag(self, lags: Mapping[TP, int]) -> None:
+        """The lag of each partition (:func:`bridge.lag.partition_lag`), for those still
+        assigned: the monitor learns of a revoke up to a snapshot later than this observer."""
         with self.lock:
             values = self._values
-            for tp, end in ends.items():
-                if tp not in values.in_flight:
-                    continue  # revoked while the monitor was asking Kafka
-                values.end[tp] = end
-                if tp in committed:
-                    values.lag[tp] = max(end - committed[tp], 0)
-
-    # == for /status ===================================================================
-    def status(self) -> dict[str, Any]:
-        """The loop's latest partition snapshot, with end offset and lag where known."""
-        with self.lock:
-            snapshot, taken_at = self._snapshot, self._snapshot_at
-            end, lag = dict(self._values.end), dict(self._values.lag)
-        age = None if taken_at is None else round(self._clock() - taken_at, 3)
-        return {
-            "snapshot_age_seconds": age,
-            "paused_partitions": sum(1 for state in snapshot if state.paused),
-            "partitions": [_state_json(state, end, lag) for state in snapshot],
-        }
+            for tp, lag in lags.items():
+                if tp in values.in_flight:
+                    values.lag[tp] = lag
 
     def scrape(self) -> Scrape:
         """A consistent copy of every value (what one scrape shows)."""
@@ -263,22 +232,6 @@ def _histogram(histograms: dict[Labels, Histogram], labels: Labels) -> Histogram
     if histogram is None:
         histogram = histograms[labels] = Histogram()
     return histogram
-
-
-def _state_json(state: PartitionState, end: dict[TP, int], lag: dict[TP, int]) -> dict[str, Any]:
-    tp = (state.topic, state.partition)
-    age = None if state.oldest_open_age is None else round(state.oldest_open_age, 3)
-    return {
-        "topic": state.topic,
-        "partition": state.partition,
-        "open": state.open_records,
-        "in_flight": state.in_flight,
-        "committed": state.committed,
-        "oldest_open_age_seconds": age,
-        "paused": state.paused,
-        "end": end.get(tp),
-        "lag": lag.get(tp),
-    }
 
 
 # == exposition ==========================================================================

@@ -105,7 +105,9 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
     dispatcher = Dispatcher(app, batch_size=settings.kafka.poll_batch)
     totals = Totals()
     metrics = PrometheusObserver() if settings.metrics.enabled else None
-    fan_out = Observers([totals, *([metrics] if metrics else []), *(observers or [])])
+    # fed by the loop's partition snapshots; feeds the lag gauge, /status and readiness
+    lag = LagMonitor.for_settings(settings.kafka, kafka_log, metrics.set_lag if metrics else None)
+    fan_out = Observers([totals, lag, *([metrics] if metrics else []), *(observers or [])])
     results_client = redis_client()
     commit_reports = CommitReports()  # filled inside consume(), drained by the loop
     loop = ConsumerLoop(
@@ -126,16 +128,19 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
         commit_reports=commit_reports,
     )
     bridge = Bridge(settings, loop, watcher, dispatcher, producer, totals, [results_client.close])
-    if metrics is not None:
-        bridge.services.extend(ops_services(settings, metrics, loop, watcher))
+    bridge.services.extend(ops_services(settings, lag, metrics, loop, watcher))
     return bridge
 
 
 def ops_services(
-    settings: Settings, metrics: PrometheusObserver, loop: ConsumerLoop, watcher: ResultWatcher
+    settings: Settings,
+    lag: LagMonitor,
+    metrics: PrometheusObserver | None,
+    loop: ConsumerLoop,
+    watcher: ResultWatcher,
 ) -> list[Service]:
-    """The lag monitor and the /metrics, /healthz, /readyz, /status endpoint."""
-    lag = LagMonitor.for_settings(settings.kafka, metrics, logging.getLogger("bridge.librdkafka"))
+    """The lag monitor and the /healthz, /readyz, /status endpoint, whether or not metrics
+    are enabled (the container health check and the probes call them); /metrics with them."""
     probes = Probes(
         last_iteration=lambda: loop.last_iteration,
         stopping=lambda: loop.stopping,
@@ -143,7 +148,9 @@ def ops_services(
         kafka_ok=lag.reachable,
     )
     app = OpsApp(
-        metrics.registry, probes, lambda: {"group": settings.kafka.group_id, **metrics.status()}
+        None if metrics is None else metrics.registry,
+        probes,
+        lambda: {"group": settings.kafka.group_id, **lag.status()},
     )
     return [lag, OpsServer(app, settings.metrics.host, settings.metrics.port)]
 

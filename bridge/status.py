@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bridge.kafka_clients import consumer_config, quiet_kafka_logger
+from bridge.lag import partition_lag
 from bridge.routing import Router
 from bridge.settings import Settings
 
@@ -53,10 +54,10 @@ def group_status(settings: Settings, timeout: float = 10.0) -> list[PartitionSta
         committed = consumer.committed(tps, timeout=timeout) if tps else []
         rows = []
         for tp in committed:
-            low, end = consumer.get_watermark_offsets(tp, timeout=timeout)
+            first, end = consumer.get_watermark_offsets(tp, timeout=timeout)
             offset = tp.offset if tp.offset >= 0 else None
-            base = low if offset is None else offset  # nothing committed: from the first record
-            rows.append(PartitionStatus(tp.topic, tp.partition, offset, end, max(end - base, 0)))
+            lag = partition_lag(end, offset, first)
+            rows.append(PartitionStatus(tp.topic, tp.partition, offset, end, lag))
         return rows
     finally:
         consumer.close()
@@ -67,9 +68,10 @@ class BridgeStatusError(Exception):
 
 
 def default_bridge_url(settings: Settings) -> str | None:
-    """Where a bridge run with these settings on this machine serves /status, if anywhere."""
+    """Where a bridge run with these settings on this machine serves /status, if anywhere
+    (always, metrics enabled or not; unknowable with port 0)."""
     metrics = settings.metrics
-    if not metrics.enabled or metrics.port == 0:
+    if metrics.port == 0:
         return None
     host = "127.0.0.1" if metrics.host in ("0.0.0.0", "::", "") else metrics.host
     return f"http://{'[' + host + ']' if ':' in host else host}:{metrics.port}"

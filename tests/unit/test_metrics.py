@@ -14,7 +14,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.common import free_port
 from bridge.events import Observers, PartitionState
 from bridge.http_server import OpsApp, OpsServer, Probes
-from bridge.lag import LagMonitor
 from bridge.metrics import BUCKETS, PrometheusObserver
 from bridge.records import Record
 from bridge.settings import Settings
@@ -63,7 +62,7 @@ def test_every_contract_metric_is_exposed_with_its_type_and_labels() -> None:
     metrics.on_dead_lettered(record(1), "decode_error")
     metrics.on_committed(("orders", 0), 2)
     metrics.on_snapshot([PartitionState("orders", 0, 0, 0, 2, None, False)])
-    metrics.set_end_offsets({("orders", 0): 2}, {("orders", 0): 2})
+    metrics.set_lag({("orders", 0): 0})
     text = metrics.registry.collect()
     families = {family.name: family for family in text}
     assert set(families) == set(CONTRACT)
@@ -170,7 +169,7 @@ def test_gauges_of_partitions_no_longer_assigned_are_removed(event: str) -> None
     metrics.on_dispatched(record(0, partition=1), TASK, False)
     metrics.on_committed(("orders", 1), 5)
     metrics.on_snapshot([PartitionState("orders", 1, 1, 1, 5, 3.5, True)])
-    metrics.set_end_offsets({("orders", 1): 9}, {("orders", 1): 5})
+    metrics.set_lag({("orders", 1): 4})
     p1 = {"topic": "orders", "partition": "1"}
     assert value(metrics, "ckb_consumer_lag_records", **p1) == 4
     assert value(metrics, "ckb_oldest_inflight_age_seconds", **p1) == 3.5
@@ -185,8 +184,8 @@ def test_gauges_of_partitions_no_longer_assigned_are_removed(event: str) -> None
     # the task's late result is ignored by the loop; the observer ignores it as well
     metrics.on_task_finished(record(0, partition=1), TASK, "success", 0.1)
     assert dispatched_finished_in_flight(metrics) == (1, 0, 0)
-    # an end offset read while the partition was being revoked does not bring it back
-    metrics.set_end_offsets({("orders", 1): 9}, {("orders", 1): 5})
+    # a lag read while the partition was being revoked does not bring it back
+    metrics.set_lag({("orders", 1): 4})
     assert value(metrics, "ckb_consumer_lag_records", **p1) is None
     assert value(metrics, "ckb_records_consumed_total", **p1) is None  # never consumed
 
@@ -197,7 +196,7 @@ def test_empty_rebalance_callbacks_are_not_counted() -> None:
     assert value(metrics, "ckb_rebalances_total", event="revoke") is None
 
 
-def test_snapshot_feeds_status_and_paused() -> None:
+def test_snapshot_feeds_paused_and_oldest_age() -> None:
     metrics = observer()
     metrics.on_paused(2)
     assert value(metrics, "ckb_paused_partitions") == 2
@@ -207,23 +206,9 @@ def test_snapshot_feeds_status_and_paused() -> None:
             PartitionState("orders", 1, 0, 0, None, None, True),
         ]
     )
-    metrics.set_end_offsets({("orders", 0): 13}, {("orders", 0): 10})
     assert value(metrics, "ckb_paused_partitions") == 1
+    assert value(metrics, "ckb_oldest_inflight_age_seconds", topic="orders", partition="0") == 1.25
     assert value(metrics, "ckb_oldest_inflight_age_seconds", topic="orders", partition="1") == 0
-    status = metrics.status()
-    assert status["paused_partitions"] == 1
-    assert status["partitions"][0] == {
-        "topic": "orders",
-        "partition": 0,
-        "open": 3,
-        "in_flight": 2,
-        "committed": 10,
-        "oldest_open_age_seconds": 1.25,
-        "paused": False,
-        "end": 13,
-        "lag": 3,
-    }
-    assert status["partitions"][1]["lag"] is None
 
 
 def test_observers_each_have_their_own_registry() -> None:
@@ -231,49 +216,6 @@ def test_observers_each_have_their_own_registry() -> None:
     Observers([first]).on_consumed(record(0))
     assert value(first, "ckb_records_consumed_total", topic="orders", partition="0") == 1
     assert value(second, "ckb_records_consumed_total", topic="orders", partition="0") is None
-
-
-# == lag monitor rounds ===================================================================
-class Watermarks:
-    """Answers like a non-subscribed confluent-kafka Consumer (no network)."""
-
-    def __init__(self, ends: dict[tuple[str, int], tuple[int, int]], group: dict[Any, int]) -> None:
-        self.ends, self.group, self.down = ends, group, False
-
-    def get_watermark_offsets(self, tp: Any, timeout: float, cached: bool) -> tuple[int, int]:
-        from confluent_kafka import KafkaException
-
-        if self.down:
-            raise KafkaException("broker down")
-        return self.ends[(tp.topic, tp.partition)]
-
-    def committed(self, tps: list[Any], timeout: float) -> list[Any]:
-        for tp in tps:
-            tp.offset = self.group.get((tp.topic, tp.partition), -1001)
-        return tps
-
-    def list_topics(self, timeout: float) -> None:
-        pass
-
-
-def test_lag_monitor_round_sets_lag_from_bridge_group_or_first_offset() -> None:
-    metrics = PrometheusObserver(CollectorRegistry())
-    metrics.on_rebalance("assign", [("t", 0), ("t", 1), ("t", 2)])
-    metrics.on_committed(("t", 0), 95)  # the bridge's own commit wins
-    kafka = Watermarks({("t", 0): (0, 100), ("t", 1): (0, 50), ("t", 2): (20, 30)}, {("t", 1): 45})
-    clock = [1000.0]
-    monitor = LagMonitor(metrics, lambda: kafka, interval=5, timeout=1, clock=lambda: clock[0])
-    assert not monitor.reachable()
-    monitor.check_once(kafka)
-    lags = [
-        value(metrics, "ckb_consumer_lag_records", topic="t", partition=str(p)) for p in range(3)
-    ]
-    assert lags == [5, 5, 10]
-    assert monitor.reachable()
-    kafka.down = True
-    clock[0] += 60
-    monitor.check_once(kafka)
-    assert not monitor.reachable()
 
 
 # == probes and endpoint ==================================================================
@@ -329,6 +271,23 @@ def test_server_serves_metrics_probes_and_status_on_a_free_port() -> None:
         assert json.loads(body)["reasons"] == ["redis: result backend not connected"]
         assert json.loads(get(f"{base}/status")[2]) == {"partitions": []}
         assert get(f"{base}/nope")[0] == 404
+    finally:
+        server.stop()
+
+
+def test_probes_and_status_are_served_with_metrics_disabled() -> None:
+    """The container health check and the Kubernetes probes call them either way."""
+    app = OpsApp(None, probes(), lambda: {"group": "g", "partitions": []})
+    server = OpsServer(app, "127.0.0.1", 0)
+    server.start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        assert get(f"{base}/healthz")[0] == 200
+        assert get(f"{base}/readyz")[0] == 200
+        assert json.loads(get(f"{base}/status")[2]) == {"group": "g", "partitions": []}
+        code, _, body = get(f"{base}/metrics")
+        assert code == 404
+        assert json.loads(body)["paths"] == ["/healthz", "/readyz", "/status"]
     finally:
         server.stop()
 
