@@ -2,5 +2,5 @@
 
 Standard library only, no I/O and no clock of its own (the caller passes the time): the
 consumer loop (:mod:`bridge.loop`) feeds it events and carries out what it decides. A test
-(``tests/unit/test_core_imports.py``) keeps it that way.
+(``tests/unit/test_engine_imports.py``) keeps it that way.
 """
