@@ -25,8 +25,6 @@ MAX_MESSAGE_BYTES = 2_048
 MAX_TRACEBACK_BYTES = 8_192
 HEADER_PREFIX = "ckb."
 
-REASONS = ("task_failed", "task_revoked", "task_timeout", "decode_error", "no_route")
-
 
 @dataclass(frozen=True, slots=True)
 class Failure:

@@ -15,7 +15,8 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from rich.console import Console
 
 from bridge.cli import main
-from bridge.dead_letters import REASONS, Failure, dlq_headers
+from bridge.core.vocabulary import Reason
+from bridge.dead_letters import Failure, dlq_headers
 from bridge.records import Record
 from bridge.replay import (
     DeadLetter,
@@ -170,7 +171,7 @@ def test_listing_row_never_holds_the_payload_or_key() -> None:
 
 
 def test_everything_is_replayed_without_filters() -> None:
-    for reason in REASONS:
+    for reason in Reason:
         assert Selection().verdict(dead_letter(reason)) is Verdict.REPLAY
 
 
