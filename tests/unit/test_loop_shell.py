@@ -1,0 +1,433 @@
+"""The consumer loop as an I/O shell, driven through a fake consumer that behaves as
+librdkafka does: rebalance callbacks and commit reports fire inside ``poll()``/``consume()``
+on the loop's thread. The dispatcher, result watcher, ledger and dead-letter writer are fakes
+of the same shape; the engine inside the loop is the real one.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, TopicPartition
+
+from bridge.commits import CommitReports
+from bridge.dead_letters import Failure
+from bridge.dispatch_ledger import Known
+from bridge.dispatcher import PublishError, TaskRequest
+from bridge.events import Observer, Observers
+from bridge.loop import ConsumerLoop
+from bridge.records import Record
+from bridge.results import TaskEvent
+from bridge.settings import Settings
+
+TOPIC = "orders"
+
+
+@dataclass
+class Message:
+    _topic: str
+    _partition: int
+    _offset: int
+    _value: bytes | None = b'{"n": 1}'
+    _key: bytes | None = None
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def headers(self) -> None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1_700_000_000_000)
+
+
+class FakeConsumer:
+    """A consumer whose group events are scripted by the test and fired inside poll/consume."""
+
+    def __init__(self, reports: CommitReports) -> None:
+        self.reports = reports
+        self.log: dict[tuple[str, int], list[Message]] = {}
+        self.position: dict[tuple[str, int], int] = {}
+        self.assigned: set[tuple[str, int]] = set()
+        self.paused: set[tuple[str, int]] = set()
+        self.group: deque[tuple[str, list[TopicPartition]]] = deque()
+        self.commits: list[tuple[bool, dict[tuple[str, int], int]]] = []
+        self.committed: dict[tuple[str, int], int] = {}
+        self.answers: deque[Callable[[], None]] = deque()
+        self.fail_next_commit = False
+        self.callbacks: dict[str, Any] = {}
+
+    def produce(self, partition: int, count: int, value: bytes | None = b'{"n": 1}') -> None:
+        records = self.log.setdefault((TOPIC, partition), [])
+        for _ in range(count):
+            records.append(Message(TOPIC, partition, len(records), value))
+
+    # -- the consumer API the loop uses -------------------------------------------------
+    def subscribe(self, topics: list[str], **callbacks: Any) -> None:
+        self.callbacks = callbacks
+
+    def _serve(self) -> None:
+        while self.answers:  # commit reports arrive inside poll/consume, as in librdkafka
+            self.answers.popleft()()
+        while self.group:
+            event, partitions = self.group.popleft()
+            self.callbacks[f"on_{event}"](self, partitions)
+            if event != "assign":
+                self.assigned -= {(p.topic, p.partition) for p in partitions}
+
+    def poll(self, timeout: float) -> Message | None:
+        batch = self.consume(1, timeout)
+        return batch[0] if batch else None
+
+    def consume(self, count: int, timeout: float) -> list[Message]:
+        self._serve()
+        out: list[Message] = []
+        for tp in sorted(self.assigned - self.paused):
+            records = self.log.get(tp, [])
+            while self.position[tp] < len(records) and len(out) < count:
+                out.append(records[self.position[tp]])
+                self.position[tp] += 1
+        return out
+
+    def incremental_assign(self, partitions: list[TopicPartition]) -> None:
+        for p in partitions:
+            tp = (p.topic, p.partition)
+            self.assigned.add(tp)
+            self.position[tp] = self.committed.get(tp, 0)
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.paused |= {(p.topic, p.partition) for p in partitions}
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.paused -= {(p.topic, p.partition) for p in partitions}
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> list[TopicPartition]:
+        points = {(p.topic, p.partition): p.offset for p in offsets}
+        self.commits.append((asynchronous, points))
+        error = KafkaError(KafkaError.REBALANCE_IN_PROGRESS) if self.fail_next_commit else None
+        self.fail_next_commit = False
+        if error is None:
+            self.committed.update(points)
+        if asynchronous:
+            self.answers.append(lambda: self.reports(error, offsets))
+        return offsets
+
+    def close(self) -> None:
+        pass
+
+
+class FakeWatcher:
+    def __init__(self) -> None:
+        self.completions: queue.Queue[TaskEvent] = queue.Queue()
+        self.watched: set[str] = set()
+
+    def watch(self, task_ids: Any) -> None:
+        self.watched.update(task_ids)
+
+    def unwatch(self, task_id: str) -> None:
+        self.watched.discard(task_id)
+
+
+class FakeDispatcher:
+    def __init__(self) -> None:
+        self.sent: list[TaskRequest] = []
+        self.refuse = False
+
+    def publish(self, requests: list[TaskRequest]) -> None:
+        if self.refuse:
+            raise PublishError("broker away")
+        self.sent.extend(requests)
+
+
+@dataclass
+class FakeLedger:
+    finals: dict[str, TaskEvent] = field(default_factory=dict)
+
+    def lookup(self, task_ids: list[str]) -> Known:
+        return Known({t: self.finals[t] for t in task_ids if t in self.finals})
+
+    def mark(self, task_ids: Any, ttl: float) -> None:
+        pass
+
+
+class FakeDeadLetters:
+    def __init__(self) -> None:
+        self.letters: list[tuple[Record, Failure, Callable[[], None], Callable[[], bool]]] = []
+        self.written: list[tuple[Record, Failure]] = []
+
+    def send(self, record: Record, topic: str, failure: Failure, on_done: Any, wanted: Any) -> None:
+        self.letters.append((record, failure, on_done, wanted))
+
+    def acknowledge_all(self) -> None:
+        for record, failure, on_done, wanted in self.letters:
+            if wanted():
+                self.written.append((record, failure))
+                on_done()
+        self.letters.clear()
+
+    @property
+    def pending(self) -> int:
+        return len(self.letters)
+
+    def poll(self) -> None:
+        pass
+
+    def forget(self, tps: set[tuple[str, int]]) -> None:
+        self.letters = [item for item in self.letters if item[0].tp not in tps]
+
+    def flush(self, timeout: float) -> int:
+        return len(self.letters)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Shell:
+    loop: ConsumerLoop
+    consumer: FakeConsumer
+    watcher: FakeWatcher
+    dispatcher: FakeDispatcher
+    ledger: FakeLedger
+    dead_letters: FakeDeadLetters
+    clock: Clock
+    dispatched: list[bool]
+
+    def turn(self, times: int = 1) -> None:
+        for _ in range(times):
+            self.loop.run_once(poll_timeout=0)
+            self.clock.now += 0.01
+
+    def finish(self, request: TaskRequest, state: str = "SUCCESS") -> None:
+        self.watcher.completions.put(TaskEvent(request.task_id, state, "Boom", "it broke"))
+
+    def assign(self, *partitions: int) -> None:
+        self.consumer.group.append(("assign", [TopicPartition(TOPIC, p) for p in partitions]))
+
+    def revoke(self, *partitions: int, event: str = "revoke") -> None:
+        self.consumer.group.append((event, [TopicPartition(TOPIC, p) for p in partitions]))
+
+    def commit_now(self) -> None:
+        self.clock.now += 5  # past commit_interval
+        self.turn(2)  # commit, then its report inside the next poll
+
+
+@pytest.fixture
+def shell() -> Shell:
+    return make_shell()
+
+
+def make_shell(**route: Any) -> Shell:
+    settings = Settings(
+        routes=[{"topic": TOPIC, "task": "tasks.t", "task_timeout": 30, **route}],
+        limits={"revoke_grace": 0, "max_in_flight_total": 100},
+    )
+    reports = CommitReports()
+    consumer = FakeConsumer(reports)
+    watcher, dispatcher, ledger, dlq = (
+        FakeWatcher(),
+        FakeDispatcher(),
+        FakeLedger(),
+        FakeDeadLetters(),
+    )
+    clock = Clock()
+    dispatched: list[bool] = []
+
+    class Recorder(Observer):
+        def on_dispatched(self, record: Record, task: str, redispatch: bool) -> None:
+            dispatched.append(redispatch)
+
+    loop = ConsumerLoop(
+        settings,
+        consumer,
+        dispatcher,  # type: ignore[arg-type]
+        watcher,  # type: ignore[arg-type]
+        ledger,  # type: ignore[arg-type]
+        dlq,  # type: ignore[arg-type]
+        Observers([Recorder()]),
+        clock=clock,
+        commit_reports=reports,
+    )
+    loop.subscribe()
+    return Shell(loop, consumer, watcher, dispatcher, ledger, dlq, clock, dispatched)
+
+
+def test_out_of_order_completions_commit_only_below_the_lowest_unfinished(shell: Shell) -> None:
+    shell.assign(0)
+    shell.consumer.produce(0, 3)
+    shell.turn(2)
+    assert [r.headers["ckb_offset"] for r in shell.dispatcher.sent] == [0, 1, 2]
+    first, second, third = shell.dispatcher.sent
+    shell.finish(third)
+    shell.finish(second)
+    shell.commit_now()
+    assert shell.consumer.committed.get((TOPIC, 0), 0) == 0  # offset 0 still runs
+    shell.finish(first)
+    shell.commit_now()
+    assert shell.consumer.committed[(TOPIC, 0)] == 3
+
+
+def test_a_revoke_inside_consume_commits_finished_work_synchronously_and_forgets_the_rest(
+    shell: Shell,
+) -> None:
+    shell.assign(0)
+    shell.consumer.produce(0, 2)
+    shell.turn(2)
+    first, second = shell.dispatcher.sent
+    shell.finish(first)
+    shell.turn()
+    shell.revoke(0)
+    shell.turn()
+    assert shell.consumer.commits[-1] == (False, {(TOPIC, 0): 1})  # the revoke's commit: sync
+    assert not shell.loop.engine.owns((TOPIC, 0))
+    assert second.task_id not in shell.watcher.watched
+    # the old task's outcome arrives after the revoke: ignored, nothing dead-lettered
+    shell.finish(second, "FAILURE")
+    shell.turn()
+    assert shell.dead_letters.letters == []
+    # assigned again: the unfinished record comes back and is sent under the same task id
+    shell.assign(0)
+    shell.turn(2)
+    assert shell.dispatcher.sent[-1].task_id == second.task_id
+
+
+def test_a_lost_partition_is_forgotten_without_a_commit(shell: Shell) -> None:
+    shell.assign(0)
+    shell.consumer.produce(0, 1)
+    shell.turn(2)
+    shell.finish(shell.dispatcher.sent[0])
+    shell.turn()
+    commits = len(shell.consumer.commits)
+    shell.revoke(0, event="lost")
+    shell.turn()
+    assert len(shell.consumer.commits) == commits
+    assert not shell.loop.engine.owns((TOPIC, 0))
+
+
+def test_a_failed_task_is_committed_only_once_its_dead_letter_is_acknowledged(
+    shell: Shell,
+) -> None:
+    shell.assign(0)
+    shell.consumer.produce(0, 1)
+    shell.turn(2)
+    shell.finish(shell.dispatcher.sent[0], "FAILURE")
+    shell.commit_now()
+    assert shell.consumer.committed.get((TOPIC, 0), 0) == 0
+    ((record, failure, _, _),) = shell.dead_letters.letters
+    assert (record.offset, failure.reason, failure.error_class) == (0, "task_failed", "Boom")
+    shell.dead_letters.acknowledge_all()
+    shell.commit_now()
+    assert shell.consumer.committed[(TOPIC, 0)] == 1
+
+
+def test_an_undecodable_record_is_dead_lettered_and_does_not_block_the_next(shell: Shell) -> None:
+    shell.assign(0)
+    shell.consumer.produce(0, 1, value=b"{not json")
+    shell.consumer.produce(0, 1)
+    shell.turn(2)
+    assert [r.headers["ckb_offset"] for r in shell.dispatcher.sent] == [1]
+    assert shell.dead_letters.letters[0][1].reason == "decode_error"
+    shell.finish(shell.dispatcher.sent[0])
+    shell.dead_letters.acknowledge_all()
+    shell.commit_now()
+    assert shell.consumer.committed[(TOPIC, 0)] == 2
+
+
+def test_a_refused_publish_puts_the_records_back_in_order_and_retries_after_a_backoff(
+    shell: Shell,
+) -> None:
+    shell.assign(0)
+    shell.consumer.produce(0, 3)
+    shell.dispatcher.refuse = True
+    shell.turn(2)
+    assert shell.dispatcher.sent == []
+    shell.dispatcher.refuse = False
+    shell.turn()
+    assert shell.dispatcher.sent == []  # still backing off
+    shell.clock.now += 1.5
+    shell.turn()
+    assert [r.headers["ckb_offset"] for r in shell.dispatcher.sent] == [0, 1, 2]
+
+
+def test_a_task_whose_success_is_already_stored_is_not_sent_again(shell: Shell) -> None:
+    shell.assign(0)
+    shell.consumer.produce(0, 1)
+    shell.dispatcher.refuse = True
+    shell.turn(2)
+    task_id = next(iter(shell.watcher.watched))
+    shell.ledger.finals[task_id] = TaskEvent(task_id, "SUCCESS")
+    shell.dispatcher.refuse = False
+    shell.clock.now += 1.5
+    shell.turn()
+    assert shell.dispatcher.sent == []
+    shell.commit_now()
+    assert shell.consumer.committed[(TOPIC, 0)] == 1
+
+
+def test_a_partition_at_its_cap_is_paused_and_resumed_once_it_drained() -> None:
+    shell = make_shell(max_in_flight=2)
+    shell.assign(0)
+    shell.consumer.produce(0, 6)
+    shell.turn(2)
+    assert (TOPIC, 0) in shell.consumer.paused
+    assert len(shell.dispatcher.sent) == 2
+    finished = 0
+    while finished < 6:
+        for request in shell.dispatcher.sent[finished:]:
+            shell.finish(request)
+            finished += 1
+        shell.turn(3)
+    assert len(shell.dispatcher.sent) == 6  # none sent twice, none left behind
+    assert (TOPIC, 0) not in shell.consumer.paused
+    assert shell.loop.engine.open_total == 0
+
+
+def test_a_lost_task_is_sent_again_then_dead_lettered_as_task_timeout() -> None:
+    shell = make_shell(max_redispatch=1)
+    shell.assign(0)
+    shell.consumer.produce(0, 1)
+    shell.turn(2)
+    shell.clock.now += 31
+    shell.turn()
+    assert shell.dispatched == [False, True]
+    shell.clock.now += 31
+    shell.turn()
+    ((_, failure, _, _),) = shell.dead_letters.letters
+    assert (failure.reason, failure.attempts) == ("task_timeout", 2)
+
+
+def test_a_refused_commit_is_sent_again(shell: Shell) -> None:
+    shell.assign(0)
+    shell.consumer.produce(0, 1)
+    shell.turn(2)
+    shell.finish(shell.dispatcher.sent[0])
+    shell.consumer.fail_next_commit = True
+    shell.commit_now()
+    assert shell.consumer.committed.get((TOPIC, 0), 0) == 0
+    shell.commit_now()
+    assert shell.consumer.committed[(TOPIC, 0)] == 1
