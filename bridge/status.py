@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
+from bridge.core.vocabulary import TP
 from bridge.kafka_clients import consumer_config, quiet_kafka_logger
 from bridge.lag import partition_lag
 from bridge.routing import Router
@@ -77,7 +78,7 @@ def default_bridge_url(settings: Settings) -> str | None:
     return f"http://{'[' + host + ']' if ':' in host else host}:{metrics.port}"
 
 
-def bridge_partitions(url: str, timeout: float = 1.0) -> dict[tuple[str, int], dict[str, Any]]:
+def bridge_partitions(url: str, timeout: float = 1.0) -> dict[TP, dict[str, Any]]:
     """The partitions a bridge reports at ``url``/status, by (topic, partition)."""
     if not url.startswith(("http://", "https://")):
         raise BridgeStatusError(f"{url}: expected an http:// or https:// URL")
@@ -100,7 +101,7 @@ def add_bridge_state(
     explicit = bool(urls)
     default = default_bridge_url(settings)
     targets = list(urls) if explicit else ([default] if default else [])
-    reported: dict[tuple[str, int], dict[str, Any]] = {}
+    reported: dict[TP, dict[str, Any]] = {}
     warnings = []
     for url in targets:
         try:
