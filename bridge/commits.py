@@ -17,6 +17,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from bridge.core.engine import WorkEngine
 from bridge.core.vocabulary import TP
 from bridge.events import Observers
+from bridge.kafka_clients import kafka_error_of
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class Committer:
         try:
             answer = self._consumer.commit(offsets=offsets, asynchronous=not sync)
         except KafkaException as exc:
-            self._failed(exc.args[0] if exc.args else None, exc)
+            self._failed(kafka_error_of(exc), exc)
             return
         for tp, offset in points.items():
             self._engine.mark_committed(tp, offset)

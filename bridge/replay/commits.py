@@ -8,6 +8,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from bridge.kafka_clients import kafka_error_of
 from bridge.replay.options import ReplayError
 
 #: seconds to wait for Kafka's answer to a commit
@@ -32,8 +33,8 @@ COORDINATOR_BUSY = frozenset(
 
 
 def retriable(exc: KafkaException) -> bool:
-    error = exc.args[0] if exc.args else None
-    if not isinstance(error, KafkaError):
+    error = kafka_error_of(exc)
+    if error is None:
         return False
     return bool(error.retriable()) or error.code() in COORDINATOR_BUSY
 
