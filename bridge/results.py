@@ -56,12 +56,16 @@ def event_from_meta(task_id: str, meta: dict[str, Any]) -> TaskEvent:
     result = meta.get("result")
     error_class = error_message = None
     if state in _ERROR_STATES and isinstance(result, dict):
-        error_class = result.get("exc_type")
+        exc_type = result.get("exc_type")  # a string, unless another program wrote it
+        error_class = None if exc_type is None else str(exc_type)
         message = result.get("exc_message")
         if isinstance(message, list | tuple):
             message = " ".join(str(part) for part in message)
         error_message = None if message is None else str(message)
-    return TaskEvent(task_id, state, error_class, error_message, meta.get("traceback"))
+    traceback = meta.get("traceback")
+    return TaskEvent(
+        task_id, state, error_class, error_message, None if traceback is None else str(traceback)
+    )
 
 
 def json_decoder(data: bytes) -> dict[str, Any]:
@@ -92,6 +96,8 @@ class ResultWatcher:
         self._thread: threading.Thread | None = None
         self._outage = OutageLog(log, "result backend (Redis)")
         self._sweep_now = True
+        #: listens that ended in an unexpected error (each was logged and restarted)
+        self.crashes = 0
         self.completions: queue.SimpleQueue[TaskEvent] = queue.SimpleQueue()
 
     # -- called from the consumer loop ------------------------------------------
@@ -123,17 +129,24 @@ class ResultWatcher:
 
     # -- the thread ---------------------------------------------------------------
     def _run(self) -> None:
+        """Listen until stopped; whatever ends a listen (Redis away, or a bug on one message)
+        is logged, makes the watcher unhealthy (``/readyz`` turns red) and is restarted."""
         backoff = 0.1
         while not self._stop.is_set():
             try:
                 self._listen()
                 backoff = 0.1
             except (redis.RedisError, OSError) as exc:
-                self._subscribed.clear()
                 self._outage.failed(exc)
-                self._sweep_now = True  # what was published meanwhile is only in the keys
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+            except Exception:
+                self.crashes += 1
+                log.exception("result watcher failed; restarting it in %.1fs", backoff)
+            else:
+                continue
+            self._subscribed.clear()
+            self._sweep_now = True  # what was published meanwhile is only in the keys
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
 
     def _listen(self) -> None:
         client = self._client_factory()
@@ -176,8 +189,12 @@ class ResultWatcher:
                 return
         try:
             event = event_from_meta(task_id, self._decode(data))
-        except ValueError:
-            log.warning("undecodable result for task %s; the reconcile sweep retries", task_id)
+        except Exception as exc:  # a result another program wrote: never the watcher's end
+            log.warning(
+                "undecodable result for task %s (%s); the reconcile sweep retries",
+                task_id,
+                type(exc).__name__,
+            )
             return
         self._report(event)
 
@@ -210,6 +227,10 @@ def read_events(
                 continue
             try:
                 data = value if isinstance(value, bytes) else str(value).encode()
-                yield event_from_meta(task_id, decode(data))
-            except ValueError:
-                log.warning("undecodable stored result for task %s", task_id)
+                event = event_from_meta(task_id, decode(data))
+            except Exception as exc:  # one bad result must not hide the others
+                log.warning(
+                    "undecodable stored result for task %s (%s)", task_id, type(exc).__name__
+                )
+                continue
+            yield event
