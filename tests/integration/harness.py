@@ -29,6 +29,8 @@ from bench.common import create_topic, free_port, produce_retrying, wait_for
 from bridge.stack import StackInfo
 
 __all__ = [
+    "REDIS_BACK",
+    "REDIS_DOWN",
     "REPO",
     "SHARED_QUEUE",
     "BridgeProcess",
@@ -49,6 +51,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 #: the queue of the session's shared worker (the ``shared_worker`` fixture)
 SHARED_QUEUE = "it-shared"
+
+#: what a bridge logs when its result watcher loses Redis, and once it is back
+#: (bridge.io_retry.OutageLog)
+REDIS_DOWN = "result backend (Redis) unavailable"
+REDIS_BACK = "result backend (Redis) available again"
 
 
 def unique(prefix: str) -> str:
@@ -162,6 +169,10 @@ class Executions:
 
     def count(self, topic: str) -> int:
         return int(self.client.llen(f"ckb-it:exec:{topic}"))
+
+    def started(self, topic: str) -> int:
+        """Runs of ``topic``'s records that began (recorded for payloads with ``mark_start``)."""
+        return int(self.client.llen(f"ckb-it:start:{topic}"))
 
 
 def worker_env(stack: StackInfo, recorder_db: int = 2) -> dict[str, str]:

@@ -24,6 +24,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 from bridge.stack import LocalStack, StackInfo, find_redis_server
 from tests.figures import figure
 from tests.integration.harness import (
+    REDIS_DOWN,
     SHARED_QUEUE,
     Executions,
     Kafka,
@@ -129,7 +130,8 @@ def test_worker_killed_mid_task_is_redispatched_after_task_timeout(
 ) -> None:
     topic = kafka.create_topic(1)
     group, queue = unique("g-kill"), unique("q-kill")
-    kafka.produce(topic, [json.dumps({"n": n, "sleep_ms": 3000}).encode() for n in range(2)])
+    records = [{"n": n, "sleep_ms": 3000, "mark_start": True} for n in range(2)]
+    kafka.produce(topic, [json.dumps(r).encode() for r in records])
     route = {
         "topic": topic, "task": "it.record", "queue": queue,
         "task_timeout": 6, "max_redispatch": 3,
@@ -138,10 +140,8 @@ def test_worker_killed_mid_task_is_redispatched_after_task_timeout(
     bridge = start_bridge(bridge_config(stack, group, [route]), work_dir)
     rescuer: Worker | None = None
     try:
-        broker = redis.Redis.from_url(f"{stack.redis_url}/0")
-        # kombu keeps a message a worker took, until it is acked, in the "unacked" hash
-        wait_for(lambda: broker.hlen("unacked") > 0, 60, "the worker to take a task")
-        time.sleep(0.5)  # now inside the 3 s task
+        # the task recorded that it started: the kill lands inside its 3 s
+        wait_for(lambda: executions.started(topic) > 0, 60, "the worker to start a task")
         os.kill(victim.process.pid, signal.SIGKILL)
         victim.process.wait(10)
         assert executions.count(topic) == 0
@@ -170,14 +170,32 @@ def test_unwritable_dlq_holds_the_commit_until_writes_succeed(
     kafka.produce(
         topic, [json.dumps({"n": n, "mode": "always_fail"}).encode() for n in range(total)]
     )
-    route = {"topic": topic, "task": "it.record", "queue": SHARED_QUEUE}
-    bridge = start_bridge(bridge_config(stack, group, [route]), work_dir)
+    # a second topic of the same bridge: its record committed shows a commit turn took place
+    canary = kafka.create_topic(1)
+    routes = [
+        {"topic": topic, "task": "it.record", "queue": SHARED_QUEUE},
+        {"topic": canary, "task": "it.record", "queue": SHARED_QUEUE},
+    ]
+    metrics = {"enabled": True, "host": "127.0.0.1", "port": free_port()}
+    bridge = start_bridge(bridge_config(stack, group, routes, metrics=metrics), work_dir)
     try:
-        time.sleep(8)  # tasks fail within a second; dead-letter writes keep failing
+        # every task failed and the bridge knows it: only the dead letters hold the commit
+        wait_for(
+            lambda: bridge.metrics()["ckb_tasks_finished_total"] >= total,
+            60,
+            f"the bridge to see {total} tasks fail",
+        )
+        wait_for(
+            lambda: "dead-letter topic unavailable" in bridge.log_tail(20000),
+            30,
+            "a dead-letter write to be refused",
+        )
+        # a commit turn after both: the canary's record is committed, the failed ones are not
+        kafka.produce(canary, [json.dumps({"n": "canary"}).encode()])
+        wait_for(lambda: kafka.caught_up(group, canary, 1), 60, "the canary record's commit")
         assert bridge.alive(), bridge.log_tail()
         assert kafka.committed(group, topic, 1)[0] <= 0, "committed although the DLQ refused"
         assert sum(kafka.end_offsets(dlq).values()) == 0
-        assert "dead-letter topic unavailable" in bridge.log_tail(20000)
         resource = ConfigResource(
             ConfigResource.Type.TOPIC,
             dlq,
@@ -255,7 +273,10 @@ def test_redis_restart_mid_run_loses_no_record(
     try:
         wait_for(lambda: runs.count(topic) >= 100, 60, "the first hundred records")
         local_stack.stop_redis()  # queued tasks and stored results are gone with it
-        time.sleep(3)
+        # Redis stays away until the bridge noticed (its result watcher lost the connection)
+        wait_for(
+            lambda: REDIS_DOWN in bridge.log_tail(200_000), 30, "the bridge to notice Redis left"
+        )
         local_stack.start_redis()
         wait_for(lambda: kafka.caught_up(group, topic, partitions), 180, "recovery")
         assert bridge.alive(), "the bridge must recover without a restart"

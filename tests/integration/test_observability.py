@@ -125,6 +125,10 @@ def ckb_status(config_path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def consumed(base: str, topic: str) -> float:
+    return scrape(base).total("ckb_records_consumed_total", topic=topic)
+
+
 def lag_is_zero(base: str, topic: str, partitions: int) -> bool:
     lags = scrape(base).by_partition("ckb_consumer_lag_records", topic)
     return len(lags) == partitions and not any(lags.values())
@@ -160,7 +164,12 @@ def test_metrics_probes_and_status_during_and_after_a_run(
                 numbers = range(wave * total // 4, (wave + 1) * total // 4)
                 values = (payload(n, malformed, failing) for n in numbers)
                 kafka.produce(topic, values, partition_of=lambda i: i % partitions)
-                time.sleep(0.5)
+                # the next wave comes once the bridge is at work on this one
+                wait_for(
+                    lambda first=numbers.start: consumed(base, topic) > first,
+                    60,
+                    f"the bridge to consume from wave {wave + 1}",
+                )
             wait_for(
                 lambda: kafka.committed(group, topic, partitions) == kafka.end_offsets(topic),
                 120,

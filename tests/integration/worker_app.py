@@ -30,6 +30,10 @@ def executions_key(topic: str) -> str:
     return f"ckb-it:exec:{topic}"
 
 
+def starts_key(topic: str) -> str:
+    return f"ckb-it:start:{topic}"
+
+
 class PlannedFailure(Exception):
     """Raised on purpose by ``it.record`` when the payload asks for it."""
 
@@ -56,9 +60,16 @@ def _maybe_fail(task: Any, payload: dict[str, Any]) -> None:
 
 @app.task(bind=True, name="it.record")
 def record(self: Any, payload: Any) -> str:
-    """Sleep ``payload['sleep_ms']``, fail as ``payload['mode']`` asks, else record the run."""
+    """Sleep ``payload['sleep_ms']``, fail as ``payload['mode']`` asks, else record the run.
+
+    With ``payload['mark_start']`` it first records that it started (a test's signal that
+    the task is running now).
+    """
     started = time.time()
     if isinstance(payload, dict):
+        if payload.get("mark_start"):
+            topic = str(getattr(self.request, "ckb_topic", None))
+            _recorder.rpush(starts_key(topic), json.dumps({"task_id": self.request.id}))
         time.sleep(float(payload.get("sleep_ms", 0)) / 1000.0)
         _maybe_fail(self, payload)
     headers = {name: getattr(self.request, name, None) for name in HEADERS}
