@@ -16,3 +16,5 @@ See ``docs/benchmarks.md`` for what every figure means and the latest results.
 
 #: the no-op task every phase runs (:mod:`bench.noop_app`)
 TASK_NAME = "bench.noop"
+#: the task the latency measurements run: returns ``time.time()`` taken as its body starts
+STAMP_TASK = "bench.stamp"

@@ -8,11 +8,12 @@ the workers are configured as the README recommends for tasks fed from Kafka.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from celery import Celery
 
-from bench import TASK_NAME
+from bench import STAMP_TASK, TASK_NAME
 
 app = Celery("ckb-bench-worker")
 app.conf.update(
@@ -34,3 +35,10 @@ app.conf.update(
 def noop(*args: Any, **kwargs: Any) -> None:
     """Do nothing: the benchmark measures what surrounds a task, not the task."""
     return None
+
+
+@app.task(name=STAMP_TASK)  # type: ignore[untyped-decorator]
+def stamp(*args: Any, **kwargs: Any) -> float:
+    """The moment the task body started (``time.time()``, the clock the benchmark reads when it
+    sends): the latency measurements read it from the stored result."""
+    return time.time()

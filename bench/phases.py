@@ -2,41 +2,36 @@
 
 Every phase returns a :class:`PhaseResult`. Timing windows exclude process start-up: a phase
 is timed from its first record moving (first consumed, first published, first result) to its
-last one being done.
+last one being done. The latency measurements (paced traffic, send call → task start in the
+worker) are in :mod:`bench.latency`; :func:`celery_latency` runs after R, :func:`bridge_latency`
+after E, with its own bridge.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from bench import TASK_NAME
+from bench import TASK_NAME, latency
 from bench.bridgeproc import BridgeProcess, bridge_config
 from bench.env import (
     Stack,
     Workers,
     celery_client,
     committed_total,
-    create_topic,
     group_probe,
     payload,
-    produce,
     unique,
 )
 from bench.redisstats import RedisCost, RedisProbe, Span, wait_count
-from bridge.task_ids import task_id_for
 
 #: queues: D's prefill (P publishes into it), R's, E's, and B's (never consumed)
 QUEUE_D, QUEUE_R, QUEUE_E, QUEUE_B = "bench-d", "bench-r", "bench-e", "bench-b"
-RESULT_PREFIX = "celery-task-meta-"
 
 
 @dataclass
@@ -47,8 +42,9 @@ class PhaseResult:
     redis: RedisCost | None = None
     cpu_seconds: float | None = None  # the bridge process, over the timed window
     peak_rss_mib: float | None = None
-    latencies: list[float] = field(default_factory=list)  # seconds, paced traffic
+    latencies: list[float] = field(default_factory=list)  # seconds, paced: send → task start
     idle_cpu: float | None = None  # the bridge's CPU share with nothing to do (0..1 per core)
+    paced: latency.Paced | None = None  # the bridge latency run (E only)
 
     @property
     def rate(self) -> float:
@@ -185,55 +181,24 @@ def round_trip(ctx: Context) -> PhaseResult:
 
 
 def celery_latency(ctx: Context) -> list[float]:
-    """Paced ``send_task`` traffic to running workers: send → task end, per task (seconds)."""
+    """Paced ``send_task`` to idle workers: send call → task start, per task (seconds).
+
+    Runs right after R, whose results have all arrived, so the worker queue is empty.
+    """
     app = celery_client(ctx.stack)
-    sent: dict[str, float] = {}
     try:
-        with app.producer_or_acquire() as producer:
-            began = time.monotonic()
-            for i in range(ctx.latency_records):
-                pace(began, i, ctx.latency_rate)
-                at = time.time()
-                result = app.send_task(
-                    TASK_NAME, args=[payload(i)], queue=QUEUE_R, producer=producer
-                )
-                sent[result.id] = at
+        paced = latency.celery_paced(
+            app, QUEUE_R, ctx.latency_records, ctx.latency_rate, ctx.probe.client, ctx.timeout
+        )
     finally:
         close_client(app)
-    done = wait_done(ctx.probe.client, list(sent), ctx.timeout)
-    return [done[task_id] - at for task_id, at in sent.items()]
+    return checked(paced, "Celery").latencies()
 
 
-def pace(began: float, index: int, rate: float) -> None:
-    delay = began + index / rate - time.monotonic()
-    if delay > 0:
-        time.sleep(delay)
-
-
-def read_done(client: redis.Redis, task_ids: list[str]) -> dict[str, float]:
-    """``date_done`` (epoch seconds) of the stored results of ``task_ids`` that have one."""
-    done: dict[str, float] = {}
-    for start in range(0, len(task_ids), 1000):
-        part = task_ids[start : start + 1000]
-        for task_id, value in zip(
-            part, client.mget([RESULT_PREFIX + i for i in part]), strict=True
-        ):
-            if value is None:
-                continue
-            stamp = datetime.fromisoformat(json.loads(value)["date_done"])
-            if stamp.tzinfo is None:
-                stamp = stamp.replace(tzinfo=UTC)
-            done[task_id] = stamp.timestamp()
-    return done
-
-
-def wait_done(client: redis.Redis, task_ids: list[str], timeout: float) -> dict[str, float]:
-    deadline = time.monotonic() + timeout
-    while True:
-        done = read_done(client, task_ids)
-        if len(done) == len(task_ids) or time.monotonic() > deadline:
-            return done
-        time.sleep(0.2)
+def checked(paced: latency.Paced, what: str) -> latency.Paced:
+    if paced.lost:
+        raise RuntimeError(f"{what} latency: {paced.lost} tasks without a result")
+    return paced
 
 
 # == B: the bridge's dispatch rate, no worker consuming =====================================
@@ -267,13 +232,12 @@ def bridge_dispatch(ctx: Context) -> PhaseResult:
 def bridge_end_to_end(ctx: Context) -> PhaseResult:
     """``ckb run`` on the prefilled topic with the workers consuming; until all committed.
 
-    Then, with the same bridge, paced records on a second topic measure record latency.
+    Then the bridge's idle CPU, and the bridge latency (:func:`bridge_latency`), with a fresh
+    bridge once this one has stopped: E's figures and the latency do not share a window.
     """
     ctx.probe.clear_results()
     group = unique("bench-e")
-    latency_topic = unique("bench-lat")
-    create_topic(ctx.stack.bootstrap, latency_topic, ctx.partitions)
-    bridge = ctx.bridge(group, [ctx.topic, latency_topic], QUEUE_E, ctx.window, grace=10.0)
+    bridge = ctx.bridge(group, [ctx.topic], QUEUE_E, ctx.window, grace=10.0)
     committed = group_probe(ctx.stack.bootstrap, group)
     try:
         origin, _ = bridge.wait_consuming(ctx.timeout)
@@ -289,11 +253,14 @@ def bridge_end_to_end(ctx: Context) -> PhaseResult:
         cost = ctx.probe.stop()
         peak = bridge.peak_rss()
         idle = idle_cpu(bridge)
-        latencies = bridge_latency(ctx, committed, group, latency_topic)
     finally:
         committed.close()
         bridge.stop()
-    return PhaseResult("E", ctx.records, ended - origin, cost, cpu, peak, latencies, idle)
+    paced = bridge_latency(ctx)
+    result = PhaseResult("E", ctx.records, ended - origin, cost, cpu, peak, idle_cpu=idle)
+    result.latencies = paced.latencies()
+    result.paced = paced
+    return result
 
 
 def idle_cpu(bridge: BridgeProcess, seconds: float = 3.0) -> float:
@@ -304,18 +271,25 @@ def idle_cpu(bridge: BridgeProcess, seconds: float = 3.0) -> float:
     return (bridge.cpu() - before) / (time.monotonic() - began)
 
 
-def bridge_latency(ctx: Context, committed: Consumer, group: str, topic: str) -> list[float]:
-    """Paced records through a running bridge: record timestamp → task end (seconds)."""
-    produced = produce(ctx.stack.bootstrap, topic, ctx.latency_records, rate=ctx.latency_rate)
-    wait_target(
-        lambda: committed_total(committed, topic, ctx.partitions),
+def bridge_latency(ctx: Context) -> latency.Paced:
+    """Paced records to a fresh, assigned, idle bridge: produce call → task start."""
+
+    def start(group: str, task: str, topics: list[str]) -> BridgeProcess:
+        config = bridge_config(
+            ctx.stack, group, topics, QUEUE_E, ctx.window, ctx.commit_interval, shutdown_grace=0
+        )
+        for route in config["routes"]:
+            route["task"] = task
+        return BridgeProcess.start(config, ctx.stack.work_dir, group)
+
+    paced = latency.bridge_paced(
+        start,
+        ctx.stack.bootstrap,
+        ctx.partitions,
         ctx.latency_records,
+        ctx.latency_rate,
+        ctx.probe.client,
+        lambda: ctx.probe.llen(QUEUE_E),
         ctx.timeout,
-        0.1,
     )
-    stamps = {
-        task_id_for(group, topic, partition, offset, ts): ts / 1000
-        for partition, offset, ts in produced.records
-    }
-    done = wait_done(ctx.probe.client, list(stamps), ctx.timeout)
-    return [done[task_id] - ts for task_id, ts in stamps.items() if task_id in done]
+    return checked(paced, "bridge")

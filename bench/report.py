@@ -50,10 +50,23 @@ FIGURES: dict[str, tuple[str, str]] = {
     "bridge_idle_cpu_pct": ("%", "bridge CPU when idle (after E), % of one core"),
     "bridge_peak_rss_mib_b": ("MiB", "bridge peak RSS (VmHWM), B (window = records)"),
     "bridge_peak_rss_mib_e": ("MiB", "bridge peak RSS (VmHWM), E"),
-    "latency_p50_ms": ("ms", "bridge latency p50: record timestamp → task end (paced)"),
-    "latency_p99_ms": ("ms", "bridge latency p99: record timestamp → task end (paced)"),
-    "celery_latency_p50_ms": ("ms", "Celery latency p50: send_task → task end (paced)"),
-    "celery_latency_p99_ms": ("ms", "Celery latency p99: send_task → task end (paced)"),
+    "bridge_cpu_us_per_record_paced": (
+        "µs",
+        "bridge CPU per record at the latency rate (paced, ~1 record per poll)",
+    ),
+    **{
+        f"latency_{q}_ms": ("ms", f"bridge latency {q}: produce call → task start (paced, idle)")
+        for q in ("p50", "p95", "p99")
+    },
+    **{
+        f"celery_latency_{q}_ms": ("ms", f"Celery latency {q}: send_task call → task start (paced)")
+        for q in ("p50", "p95", "p99")
+    },
+    **{
+        f"kafka_latency_{q}_ms": ("ms", f"Kafka hop {q}: produce call → a plain consumer has it")
+        for q in ("p50", "p95", "p99")
+    },
+    "latency_sent_rate": ("records/s", "rate the bridge latency records were actually produced"),
 }
 
 TARGETS = {
@@ -93,11 +106,18 @@ def repeat_figures(results: Mapping[str, PhaseResult], celery_lat: list[float]) 
     figures["e_over_r"] = figures["e_rate"] / figures["r_rate"]
     figures["e_over_d"] = figures["e_rate"] / figures["d_rate"]
     figures["b_over_p"] = figures["b_rate"] / figures["p_rate"]
-    latencies = results["E"].latencies
-    figures["latency_p50_ms"] = percentile(latencies, 0.5) * 1000
-    figures["latency_p99_ms"] = percentile(latencies, 0.99) * 1000
-    figures["celery_latency_p50_ms"] = percentile(celery_lat, 0.5) * 1000
-    figures["celery_latency_p99_ms"] = percentile(celery_lat, 0.99) * 1000
+    for q in (50, 95, 99):
+        figures[f"latency_p{q}_ms"] = percentile(results["E"].latencies, q / 100) * 1000
+        figures[f"celery_latency_p{q}_ms"] = percentile(celery_lat, q / 100) * 1000
+    paced = results["E"].paced
+    if paced is not None:
+        figures["latency_sent_rate"] = paced.sent_rate
+        for q in (50, 95, 99):
+            figures[f"kafka_latency_p{q}_ms"] = percentile(paced.kafka_hop, q / 100) * 1000
+        if paced.bridge_cpu_seconds is not None and paced.samples:
+            figures["bridge_cpu_us_per_record_paced"] = (
+                paced.bridge_cpu_seconds * 1e6 / len(paced.samples)
+            )
     return figures
 
 
@@ -205,7 +225,7 @@ def phase_table(report: Report) -> Table:
 def ratio_table(report: Report) -> Table:
     s = report.summary()
     targets = report.targets()
-    table = Table(title="Ratios and latency")
+    table = Table(title="Ratios, bridge CPU and latency")
     for column in ("figure", "median", "spread", "target"):
         table.add_column(column, justify="left" if column == "figure" else "right")
     for name in ("e_over_r", "e_over_d", "b_over_p"):
@@ -215,11 +235,12 @@ def ratio_table(report: Report) -> Table:
             verdict = f"{target['target']} {'[green]met' if target['met'] else '[red]MISSED'}"
         table.add_row(FIGURES[name][1], _cell(s, name, 2), _spread(s, name, 2), verdict)
     for name in (
-        "latency_p50_ms",
-        "latency_p99_ms",
-        "celery_latency_p50_ms",
-        "celery_latency_p99_ms",
+        "bridge_cpu_us_per_record_e",
+        "bridge_cpu_us_per_record_b",
+        "bridge_cpu_us_per_record_paced",
         "bridge_idle_cpu_pct",
+        *(f"{w}latency_{q}_ms" for w in ("", "celery_", "kafka_") for q in ("p50", "p95", "p99")),
+        "latency_sent_rate",
     ):
         unit = FIGURES[name][0]
         table.add_row(f"{FIGURES[name][1]}, {unit}", _cell(s, name, 1), _spread(s, name, 1), "")
