@@ -88,7 +88,8 @@ class DispatchLedger:
                 continue
             try:
                 event = event_from_meta(task_id, self._decode(value))
-            except ValueError:
+            except Exception as exc:  # another program's result: as if there were none
+                log.debug("unreadable stored result for task %s: %r", task_id, exc)
                 continue
             if event.final:
                 known.finals[task_id] = event

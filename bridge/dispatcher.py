@@ -28,6 +28,8 @@ class TaskRequest:
     headers: dict[str, Any]
     #: short, payload-free stand-in for Celery's ``argsrepr`` (shown by Flower and worker logs)
     label: str
+    #: Celery's ``retries`` of the message: a re-sent task keeps the retry budget it used
+    retries: int = 0
 
 
 class PublishError(Exception):
@@ -37,7 +39,7 @@ class PublishError(Exception):
 class Dispatcher:
     """Sends :class:`TaskRequest` batches through one reused producer."""
 
-    def __init__(self, app: Any, batch_size: int = 500, retry_for: float = 10.0) -> None:
+    def __init__(self, app: Any, batch_size: int = 500, retry_for: float = 2.0) -> None:
         self._app = app
         self._batch_size = batch_size
         self._retry_for = retry_for
@@ -86,6 +88,7 @@ class Dispatcher:
                         request.kwargs,
                         argsrepr=request.label,
                         kwargsrepr="{}",
+                        retries=request.retries,
                     )
                     amqp.send_task_message(
                         producer,
@@ -108,9 +111,13 @@ class Dispatcher:
         """
         if not requests:
             return
+        # while the broker is known to be away, one attempt per call: the loop backs off
+        # between calls and keeps polling, instead of blocking a turn for ``retry_for``
+        retry_for = 0.0 if self._outage.down else self._retry_for
         try:
-            retry_io(self._publish_once, self._outage, self._retry_for)(requests)
+            retry_io(self._publish_once, self._outage, retry_for)(requests)
         except Exception as exc:
+            self._outage.failed(exc)
             raise PublishError(f"publishing {len(requests)} tasks failed: {exc!r}") from exc
         self._outage.recovered()
 

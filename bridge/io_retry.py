@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
-from tenacity import RetryCallState, Retrying, stop_after_delay, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, stop_after_delay, wait_exponential, wait_random
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -46,7 +46,9 @@ def retry_io(
 
     retrying = Retrying(
         stop=stop_after_delay(retry_for),
-        wait=wait_exponential_jitter(initial=initial, max=maximum),
+        # exponential with jitter, spelled so every supported tenacity takes it without a
+        # DeprecationWarning (9.2 renamed wait_exponential_jitter's ``initial``)
+        wait=wait_exponential(multiplier=initial, max=maximum) + wait_random(0, initial),
         before_sleep=before_sleep,
         reraise=True,
     )

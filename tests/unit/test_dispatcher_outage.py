@@ -1,0 +1,44 @@
+"""While the Celery broker is away, a publish makes one attempt and returns: the loop backs
+off and keeps polling instead of blocking a whole turn in retries."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from bridge.dispatcher import Dispatcher, PublishError, TaskRequest
+
+
+class Unreachable:
+    """A Celery app whose broker refuses every connection."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def connection_for_write(self) -> None:
+        self.attempts += 1
+        raise ConnectionRefusedError("broker away")
+
+
+def request() -> TaskRequest:
+    return TaskRequest("id-1", "tasks.t", [1], {}, None, {}, "<kafka t[0]@0>")
+
+
+def test_the_first_failure_retries_briefly_then_each_call_tries_once() -> None:
+    app = Unreachable()
+    dispatcher = Dispatcher(app, retry_for=0.3)
+    started = time.monotonic()
+    with pytest.raises(PublishError):
+        dispatcher.publish([request()])
+    assert app.attempts > 1  # a blip gets a few quick retries
+    assert time.monotonic() - started < 3
+    for _ in range(3):
+        before = app.attempts
+        with pytest.raises(PublishError):
+            dispatcher.publish([request()])
+        assert app.attempts == before + 1  # a known outage: one attempt per call
+
+
+def test_a_re_sent_request_carries_its_retries() -> None:
+    assert TaskRequest("i", "t", [], {}, None, {}, "l", retries=2).retries == 2
