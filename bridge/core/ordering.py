@@ -58,9 +58,8 @@ class PartitionGate:
         self.busy[key] += 1
 
     def finished(self, key: bytes | None) -> None:
-        if self.running > 0:
-            self.running -= 1
-        if self.busy[key] > 0:
-            self.busy[key] -= 1
+        """A started job of ``key`` is over (the engine calls this once per :meth:`started`)."""
+        self.running -= 1
+        self.busy[key] -= 1
         if not self.busy[key]:
             del self.busy[key]
