@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import kombu.exceptions
+
 from bridge.io_retry import OutageLog, retry_io
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,20 @@ class Dispatcher:
             self._outage.failed(exc)
             raise PublishError(f"publishing {len(requests)} tasks failed: {exc!r}") from exc
         self._outage.recovered()
+
+    def queue_depth(self, queue: str | None) -> int | None:
+        """Messages waiting in ``queue`` (None: the app's default queue) as the broker counts
+        them; None when the broker cannot be asked now. One round trip, no retries."""
+        name = queue or self._app.conf.task_default_queue
+        try:
+            channel = self._ensure_producer().channel
+            return int(channel.queue_declare(queue=name, passive=True).message_count)
+        except kombu.exceptions.ChannelError:
+            return 0  # never declared: nothing was ever queued there
+        except Exception as exc:  # the broker is away: no reading this time
+            log.debug("queue depth of %s not read: %r", name, exc)
+            self._reset()
+            return None
 
     def close(self) -> None:
         self._reset()

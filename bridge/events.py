@@ -30,6 +30,16 @@ class PartitionState:
     paused: bool
 
 
+@dataclass(frozen=True, slots=True)
+class QueueWindow:
+    """One Celery queue's dispatch window (see :mod:`bridge.core.queues`), sampled likewise."""
+
+    queue: str
+    window: int  # tasks the bridge lets be in flight now
+    in_flight: int
+    rate: float  # tasks finished per second, moving average
+
+
 class Observer:
     """The one observer base: every event the loop reports, as a no-op, so an observer
     overrides only what it watches (metrics, totals, the lag monitor)."""
@@ -58,6 +68,12 @@ class Observer:
         pass
 
     def on_snapshot(self, partitions: list[PartitionState]) -> None:
+        pass
+
+    def on_windows(self, windows: list[QueueWindow]) -> None:
+        pass
+
+    def on_offset_reset(self, tp: TP) -> None:
         pass
 
 
@@ -102,6 +118,12 @@ class Observers(Observer):
 
     def on_snapshot(self, partitions: list[PartitionState]) -> None:
         self._each("on_snapshot", partitions)
+
+    def on_windows(self, windows: list[QueueWindow]) -> None:
+        self._each("on_windows", windows)
+
+    def on_offset_reset(self, tp: TP) -> None:
+        self._each("on_offset_reset", tp)
 
 
 @dataclass

@@ -59,6 +59,7 @@ class Intake:
                 max_in_flight=route.max_in_flight,
                 task_timeout=route.task_timeout,
                 max_redispatch=route.max_redispatch,
+                queue=route.queue or "",
             )
         return policy
 

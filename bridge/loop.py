@@ -34,8 +34,9 @@ from bridge.rebalance import RebalanceCallbacks
 from bridge.records import Record
 from bridge.results import ResultWatcher
 from bridge.routing import Router
-from bridge.sender import Sender
+from bridge.sender import PUBLISH_BACKOFF, Sender
 from bridge.settings import Settings
+from bridge.snapshots import partition_states, queue_windows
 
 __all__ = ["CommitReports", "ConsumerLoop", "FatalConsumerError"]
 
@@ -79,7 +80,11 @@ class ConsumerLoop:
         self._intake = Intake(settings, self._router)
         limits = settings.limits
         self.engine: WorkEngine[Work] = WorkEngine(
-            Limits(limits.max_in_flight_total, limits.resume_ratio)
+            Limits(
+                limits.max_in_flight_total,
+                limits.resume_ratio,
+                max_queue_time=limits.max_queue_time,
+            )
         )
         reports = commit_reports or CommitReports()
         self._commits = Committer(consumer, self.engine, observers, reports)
@@ -140,7 +145,9 @@ class ConsumerLoop:
         self.last_iteration = self._clock()
         if self.last_iteration >= self._next_snapshot:
             self._next_snapshot = self.last_iteration + SNAPSHOT_INTERVAL
+            self._sender.observe_queues()
             self._events.on_snapshot(self.snapshot())
+            self._events.on_windows(queue_windows(self.engine))
 
     def _fetch(self, timeout: float) -> list[Any]:
         """Wait for the first record only, then take what is already fetched (no 50 ms wait
@@ -153,24 +160,7 @@ class ConsumerLoop:
 
     def snapshot(self) -> list[PartitionState]:
         """Per-partition state for observers (metrics, status); call on the loop's thread."""
-        now = self._clock()
-        states = []
-        for tp in self.engine.partitions():
-            part = self.engine.partition(tp)
-            assert part is not None
-            since = part.offsets.oldest_open_since()
-            states.append(
-                PartitionState(
-                    topic=tp[0],
-                    partition=tp[1],
-                    open_records=part.open_count,
-                    in_flight=len(part.jobs),
-                    committed=part.offsets.committed,
-                    oldest_open_age=None if since is None else now - since,
-                    paused=part.paused,
-                )
-            )
-        return states
+        return partition_states(self.engine, self._clock())
 
     def shutdown(self) -> None:
         """Stop fetching, wait up to ``shutdown_grace`` for in-flight tasks, commit, close."""
@@ -215,7 +205,12 @@ class ConsumerLoop:
             self._on_consume_error(error)
             return
         record = Record.from_message(message)
-        epoch = None if self.stopping else self.engine.open(record.tp, record.offset, self._clock())
+        if self.stopping:
+            return
+        epoch = self.engine.open(record.tp, record.offset, self._clock())
+        if epoch is None and self.engine.rewound(record.tp, record.offset):
+            self._rebalance.restart(self._consumer, record.tp, record.offset)
+            epoch = self.engine.open(record.tp, record.offset, self._clock())
         if epoch is None:
             return
         self._events.on_consumed(record)
@@ -246,7 +241,7 @@ class ConsumerLoop:
         while True:
             state = TaskState.parse(event.state)
             if state is not None and state.final:
-                job = self.engine.complete(event.task_id)
+                job = self.engine.complete(event.task_id, self._clock())
                 if job is not None:  # else: a partition we no longer own, or a duplicate
                     self._outcomes.conclude(job, event)
             else:
@@ -258,6 +253,7 @@ class ConsumerLoop:
 
     def _expire(self) -> None:
         expiry = self.engine.expire(self._clock())
+        resend_refused = False
         for job in expiry.resend:
             log.warning(
                 "task %s for %s has no final state after %.0fs; sending it again",
@@ -265,7 +261,10 @@ class ConsumerLoop:
                 job.item.record.coordinates(),
                 job.item.route.task_timeout,
             )
-            self._sender.resend(job)
+            if not resend_refused:
+                resend_refused = not self._sender.resend(job)
+            if resend_refused:  # the broker is away: one attempt per turn, the rest later
+                self.engine.retry_later(job, self._clock() + PUBLISH_BACKOFF)
         for job in expiry.timed_out:
             self._outcomes.timed_out(job)
 

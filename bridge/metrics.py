@@ -26,6 +26,9 @@ Accounting rules:
 - ``ckb_rebalances_total`` counts rebalance callbacks that changed the assignment.
 - ``ckb_oldest_inflight_age_seconds``: age of the oldest unfinished record of the partition
   (the one holding the commit point back), 0 when nothing is open; from the loop's snapshots.
+- ``ckb_dispatch_window_tasks``, ``ckb_queue_finish_rate`` and ``ckb_queue_inflight_tasks``
+  (label ``queue``): each Celery queue's dispatch window (see :mod:`bridge.core.queues`), the
+  rate its tasks finish at, and its tasks in flight; from the loop's snapshots.
 - ``ckb_consumer_lag_records`` comes from :class:`bridge.lag.LagMonitor` (:meth:`set_lag`),
   which reads end offsets with its own client.
 
@@ -51,7 +54,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from bridge.core.vocabulary import TP, Rebalance
-from bridge.events import Observer, PartitionState
+from bridge.events import Observer, PartitionState, QueueWindow
 from bridge.records import Record
 
 #: seconds; from a few milliseconds (a no-op task) to a day (a backlog worked off slowly)
@@ -92,6 +95,7 @@ class Scrape:
     paused: int
     durations: dict[Labels, Histogram]
     latencies: dict[Labels, Histogram]
+    windows: list[QueueWindow] = field(default_factory=list)
 
 
 @dataclass
@@ -103,12 +107,14 @@ class Values:
     finished: Counter[Labels] = field(default_factory=Counter)
     dead_letters: Counter[Labels] = field(default_factory=Counter)
     rebalances: Counter[Labels] = field(default_factory=Counter)
+    offset_resets: Counter[Labels] = field(default_factory=Counter)
     #: offsets dispatched and not final, per assigned partition
     in_flight: dict[TP, set[int]] = field(default_factory=dict)
     oldest_age: dict[TP, float] = field(default_factory=dict)
     committed: dict[TP, int] = field(default_factory=dict)
     lag: dict[TP, int] = field(default_factory=dict)
     paused: int = 0
+    windows: list[QueueWindow] = field(default_factory=list)
     durations: dict[Labels, Histogram] = field(default_factory=dict)
     latencies: dict[Labels, Histogram] = field(default_factory=dict)
 
@@ -120,6 +126,7 @@ class Values:
                 "finished": Counter(self.finished),
                 "dead_letters": Counter(self.dead_letters),
                 "rebalances": Counter(self.rebalances),
+                "offset_resets": Counter(self.offset_resets),
             },
             gauges={
                 "in_flight": {tp: len(offsets) for tp, offsets in self.in_flight.items()},
@@ -130,6 +137,7 @@ class Values:
             paused=self.paused,
             durations={k: h.copy() for k, h in self.durations.items()},
             latencies={k: h.copy() for k, h in self.latencies.items()},
+            windows=list(self.windows),
         )
 
     def forget(self, tps: Iterable[TP]) -> None:
@@ -211,6 +219,14 @@ class PrometheusObserver(Observer):
                     values.oldest_age[(state.topic, state.partition)] = state.oldest_open_age or 0.0
             values.paused = sum(1 for state in partitions if state.paused)
 
+    def on_offset_reset(self, tp: TP) -> None:
+        with self.lock:
+            self._values.offset_resets[(tp[0], str(tp[1]))] += 1
+
+    def on_windows(self, windows: list[QueueWindow]) -> None:
+        with self.lock:
+            self._values.windows = list(windows)
+
     # == from the lag monitor (its own thread) =========================================
     def set_lag(self, lags: Mapping[TP, int]) -> None:
         """The lag of each partition (:func:`bridge.lag.partition_lag`), for those still
@@ -246,6 +262,8 @@ COUNTERS: tuple[tuple[str, str, Labels, str], ...] = (
      "dead_letters"),
     ("ckb_rebalances", "Rebalance callbacks that changed the assignment.", ("event",),
      "rebalances"),
+    ("ckb_offset_resets", "Times a partition's offsets went back without a rebalance.",
+     ("topic", "partition"), "offset_resets"),
 )  # fmt: skip
 
 #: per-partition gauges: (metric name, help, key in Scrape.gauges)
@@ -278,6 +296,7 @@ class _Collector(Collector):
         paused = GaugeMetricFamily("ckb_paused_partitions", "Partitions paused at the cap.")
         paused.add_metric([], scrape.paused)
         yield paused
+        yield from _window_families(scrape.windows)
         yield _histogram_family(
             "ckb_task_duration_seconds",
             "Seconds from a record's first dispatch to its task's final state.",
@@ -290,6 +309,25 @@ class _Collector(Collector):
             ("topic",),
             scrape.latencies,
         )
+
+
+#: per-queue gauges: (metric name, help, QueueWindow field)
+QUEUE_GAUGES: tuple[tuple[str, str, str], ...] = (
+    ("ckb_dispatch_window_tasks",
+     "Tasks the bridge lets be in flight to this Celery queue now (limits.max_queue_time).",
+     "window"),
+    ("ckb_queue_inflight_tasks", "Tasks in flight to this Celery queue.", "in_flight"),
+    ("ckb_queue_finish_rate", "Tasks of this queue finished per second (moving average).",
+     "rate"),
+)  # fmt: skip
+
+
+def _window_families(windows: list[QueueWindow]) -> Iterator[Metric]:
+    for name, doc, attribute in QUEUE_GAUGES:
+        gauge = GaugeMetricFamily(name, doc, labels=("queue",))
+        for window in windows:
+            gauge.add_metric([window.queue], float(getattr(window, attribute)))
+        yield gauge
 
 
 def _histogram_family(

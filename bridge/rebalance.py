@@ -88,6 +88,24 @@ class RebalanceCallbacks:
         log.warning("lost %s (no commit; the new owner redelivers)", names(tps))
         self._events.on_rebalance(Rebalance.LOST, tps)
 
+    def restart(self, consumer: Any, tp: TP, offset: int) -> None:
+        """``tp`` went back to ``offset`` without a rebalance (topic recreated, log truncated):
+        what was open belongs to a log that is gone; track the partition afresh from here."""
+        part = self._engine.partition(tp)
+        before = None if part is None else part.offsets.next_offset
+        log.warning(
+            "%s[%d] went back from offset %s to %d without a rebalance (topic recreated or log "
+            "truncated?); %d open records of the old log are given up, the new ones processed",
+            tp[0],
+            tp[1],
+            before,
+            offset,
+            0 if part is None else part.open_count,
+        )
+        self._forget(consumer, [tp])
+        self._engine.assign(tp, self._intake.policy_for(tp[0]))
+        self._events.on_offset_reset(tp)
+
     def _forget(self, consumer: Any, tps: list[TP]) -> None:
         paused = []
         for tp in tps:

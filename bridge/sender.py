@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 from bridge.core.engine import WorkEngine
 from bridge.core.jobs import Job
@@ -50,7 +51,7 @@ class Sender:
         """Send what the engine lets go now (nothing while backing off after a refusal)."""
         if self._clock() < self._backoff_until:
             return
-        batch = self._engine.select()
+        batch = self._engine.select(self._clock())
         if not batch:
             return
         known = self._ledger.lookup([job.task_id for job in batch])
@@ -73,16 +74,32 @@ class Sender:
         for job in fresh:
             self._events.on_dispatched(job.item.record, job.item.route.task, False)
 
-    def resend(self, job: Job[Work]) -> None:
-        """Send a lost task again, unless its result appeared meanwhile."""
+    def resend(self, job: Job[Work]) -> bool:
+        """Send a lost task again, unless its result appeared meanwhile; False: not sent (the
+        broker refused it; the caller asks again later)."""
         # Celery never re-stores a SUCCESS, so read the key before waiting on the same id again
         final = self._ledger.lookup([job.task_id]).finals.get(job.task_id)
         if final is not None:
-            if self._engine.complete(job.task_id) is not None:
+            if self._engine.complete(job.task_id, self._clock()) is not None:
                 self._outcomes.conclude(job, final)
-        elif self._publish([job.item]):
-            self._engine.resent(job, self._clock())
-            self._events.on_dispatched(job.item.record, job.item.route.task, True)
+            return True
+        # the copy starts where the lost one was: its retry budget is not reset
+        work = job.item
+        again = Work(work.record, work.route, replace(work.request, retries=job.retries_seen))
+        if not self._publish([again]):
+            return False
+        self._engine.resent(job, self._clock())
+        self._events.on_dispatched(work.record, work.route.task, True)
+        return True
+
+    def observe_queues(self) -> None:
+        """Read how many messages wait in each queue with tasks in flight (one call each)."""
+        now = self._clock()
+        for name, progress in self._engine.queues().items():
+            if progress.in_flight:
+                depth = self._dispatcher.queue_depth(name or None)
+                if depth is not None:
+                    self._engine.observe_depth(name, depth, now)
 
     def _publish(self, work: list[Work]) -> bool:
         """Send tasks (watched first, so no result is missed) and mark them in the ledger."""

@@ -127,6 +127,9 @@ class Limits(Strict):
     shutdown_grace: float = Field(default=30.0, ge=0)
     #: resume a paused partition once its open records fall to this fraction of the cap
     resume_ratio: float = Field(default=0.5, gt=0, le=1)
+    #: seconds of queued work the bridge keeps ahead of each Celery queue's workers: the
+    #: dispatch window follows how fast they finish tasks (see bridge/core/queues.py)
+    max_queue_time: float = Field(default=5.0, gt=0, le=3600)
 
 
 class ResultSettings(Strict):

@@ -9,7 +9,10 @@ Invariants (checked by ``tests/unit/test_engine_model.py`` after every step):
 
 - the commit point of a partition never passes an open offset and never moves back;
 - a record finishes at most once per assignment; an event of an older assignment is ignored;
-- tasks in flight never exceed a partition's ``max_in_flight`` or ``max_in_flight_total``;
+- tasks in flight never exceed a partition's ``max_in_flight`` or ``max_in_flight_total``,
+  and :meth:`select` never sends past a queue's window;
+- a task is lost only after its start, or after workers were seen to take it: a queue that is
+  slow or not drained at all never makes a task lost;
 - ordering: one task per key (``key``) or per partition (``partition``) at a time;
 - after :meth:`select`, no partition holds a waiting job that could have been sent;
 - a revoked partition leaves nothing behind.
@@ -26,6 +29,7 @@ from bridge.core.deadlines import Deadlines
 from bridge.core.jobs import Job, T
 from bridge.core.partition import PartitionWork
 from bridge.core.policy import Limits, RoutePolicy
+from bridge.core.queues import QueueProgress
 from bridge.core.vocabulary import TP
 
 
@@ -57,6 +61,7 @@ class WorkEngine(Generic[T]):
         self._ready: set[TP] = set()
         self._epochs = 0
         self._open_total = 0
+        self._queues: dict[str, QueueProgress] = {}
 
     # == assignment ======================================================================
     def assign(self, tp: TP, policy: RoutePolicy | None) -> int:
@@ -75,6 +80,7 @@ class WorkEngine(Generic[T]):
         self._open_total -= part.open_count
         for task_id in part.jobs:
             del self._owner[task_id]
+            self._queue_of(part).left()
         self._ready.discard(tp)
         return part
 
@@ -100,6 +106,13 @@ class WorkEngine(Generic[T]):
             return None
         self._open_total += 1
         return part.epoch
+
+    def rewound(self, tp: TP, offset: int) -> bool:
+        """Whether ``offset`` lies behind what ``tp`` already delivered under this assignment:
+        the log was truncated or the topic recreated (Kafka never redelivers otherwise)."""
+        part = self._parts.get(tp)
+        next_offset = None if part is None else part.offsets.next_offset
+        return next_offset is not None and offset < next_offset
 
     def finish(self, tp: TP, offset: int, epoch: int) -> bool:
         """A record is done (task succeeded, dead letter written, skipped); False if stale."""
@@ -127,25 +140,32 @@ class WorkEngine(Generic[T]):
         return dropped
 
     # == dispatch ========================================================================
-    def select(self) -> list[Job[T]]:
+    def select(self, now: float) -> list[Job[T]]:
         """Take the waiting jobs that may be sent now (ordering and caps allowing).
 
         The caller sends them and reports :meth:`started`, or :meth:`put_back` if the send
         failed, or :meth:`settled` for one that needs no task (its outcome was known).
         """
         chosen: list[Job[T]] = []
+        by_queue: dict[str, int] = {}
+        for progress in self._queues.values():
+            progress.tick(now)
         ready, self._ready = self._ready, set()
         for tp in ready:
             part = self._parts.get(tp)
             if part is None or part.policy is None or not part.waiting:
                 continue
-            total_room = self.limits.max_in_flight_total - len(self._owner) - len(chosen)
-            room = part.room()
-            chosen.extend(
-                part.gate.select(part.policy.ordering, part.waiting, min(room, total_room))
+            name = part.policy.queue
+            shared_room = min(
+                self.limits.max_in_flight_total - len(self._owner) - len(chosen),
+                self._queue_of(part).room() - by_queue.get(name, 0),
             )
-            if part.waiting and total_room <= room:
-                self._ready.add(tp)  # starved by the total cap: look again next turn
+            room = part.room()
+            picked = part.gate.select(part.policy.ordering, part.waiting, min(room, shared_room))
+            chosen.extend(picked)
+            by_queue[name] = by_queue.get(name, 0) + len(picked)
+            if part.waiting and shared_room <= room:
+                self._ready.add(tp)  # starved by the total cap or the window: look next turn
         return chosen
 
     def started(self, jobs: Iterable[Job[T]], now: float) -> None:
@@ -157,9 +177,10 @@ class WorkEngine(Generic[T]):
             part.jobs[job.task_id] = job
             self._owner[job.task_id] = part
             part.gate.started(job.key)
-            job.first_dispatch = now
+            job.first_dispatch = job.last_dispatch = now
             job.dispatches += 1
-            self._arm(job, now)
+            job.seq = self._queue_of(part).sent()
+            self._arm(job, now + part.policy_timeout())
 
     def settled(self, job: Job[T]) -> None:
         """A selected job needed no task after all: the room it was given is free again."""
@@ -187,16 +208,27 @@ class WorkEngine(Generic[T]):
         job = self.job(task_id)
         if job is not None:
             job.retries_seen += retry
-            self._arm(job, now)
+            job.started = True
+            self._arm(job, now + self._owner[task_id].policy_timeout())
         return job
 
-    def complete(self, task_id: str) -> Job[T] | None:
+    def complete(self, task_id: str, now: float) -> Job[T] | None:
         """The task reached a final state: out of flight. None if not ours (any more)."""
+        part = self._owner.get(task_id)
+        job = self._release(task_id)
+        if job is not None and part is not None:
+            progress = self._queue_of(part)
+            progress.finished(job.seq, now - job.last_dispatch, now)
+            self._prune(progress)
+        return job
+
+    def _release(self, task_id: str) -> Job[T] | None:
         part = self._owner.pop(task_id, None)
         if part is None:
             return None
         job = part.jobs.pop(task_id)
         part.gate.finished(job.key)
+        self._queue_of(part).left()
         self._ready.add(job.tp)
         return job
 
@@ -210,26 +242,73 @@ class WorkEngine(Generic[T]):
         for task_id in self._deadlines.due(now, self._is_current):
             part = self._owner[task_id]
             job = part.jobs[task_id]
+            timeout = part.policy_timeout()
+            if not job.started:  # lost only once a worker took it and the timeout passed
+                taken = self._queue_of(part).taken_at(job.seq)
+                if taken is None or taken + timeout > now:
+                    self._arm(job, now + timeout if taken is None else taken + timeout)
+                    continue
             assert part.policy is not None  # only routed partitions send tasks
             if job.dispatches <= part.policy.max_redispatch:
-                self._arm(job, now)
+                self._arm(job, now + timeout)
                 expiry.resend.append(job)
             else:
-                self.complete(task_id)
+                self._release(task_id)
                 expiry.timed_out.append(job)
         return expiry
 
+    def retry_later(self, job: Job[T], when: float) -> None:
+        """A lost task could not be sent again now: ask :meth:`expire` about it at ``when``."""
+        if self.job(job.task_id) is job:
+            self._arm(job, when)
+
     def resent(self, job: Job[T], now: float) -> None:
         """A lost task was sent again: one more dispatch, a fresh timeout window."""
-        if self.job(job.task_id) is job:
+        part = self._owner.get(job.task_id)
+        if part is not None and part.jobs[job.task_id] is job:
             job.dispatches += 1
-            self._arm(job, now)
+            job.last_dispatch = now
+            job.started = False
+            job.seq = self._queue_of(part).resequence()
+            self._arm(job, now + part.policy_timeout())
 
-    def _arm(self, job: Job[T], now: float) -> None:
-        part = self._owner[job.task_id]
-        assert part.policy is not None
-        job.deadline = now + part.policy.task_timeout
-        self._deadlines.arm(job.task_id, job.deadline, len(self._owner), self._is_current)
+    def _arm(self, job: Job[T], deadline: float) -> None:
+        job.deadline = deadline
+        self._deadlines.arm(job.task_id, deadline, len(self._owner), self._is_current)
+
+    # == queues ==========================================================================
+    def _queue_of(self, part: PartitionWork[T]) -> QueueProgress:
+        name = part.policy.queue if part.policy else ""
+        progress = self._queues.get(name)
+        if progress is None:
+            limits = self.limits
+            progress = self._queues[name] = QueueProgress(
+                limits.max_queue_time, limits.window_floor, limits.max_in_flight_total
+            )
+        return progress
+
+    def observe_depth(self, queue: str, depth: int, now: float) -> None:
+        """The broker holds ``depth`` messages in ``queue`` (read by the loop)."""
+        progress = self._queues.get(queue)
+        if progress is None:
+            return
+        progress.observe_depth(depth, now)
+        self._prune(progress)
+
+    def _prune(self, progress: QueueProgress) -> None:
+        """Keep a queue's marks proportional to its tasks in flight (amortised O(1))."""
+        if progress.marks > 2 * progress.in_flight + 1024:
+            seqs = [
+                job.seq
+                for part in self._parts.values()
+                if self._queues.get(part.policy.queue if part.policy else "") is progress
+                for job in part.jobs.values()
+            ]
+            progress.forget_before(min(seqs, default=progress.next_seq))
+
+    def queues(self) -> dict[str, QueueProgress]:
+        """Each Celery queue the engine sent to: window, rate, tasks in flight."""
+        return dict(self._queues)
 
     def _is_current(self, task_id: str, deadline: float) -> bool:
         job = self.job(task_id)
@@ -259,19 +338,30 @@ class WorkEngine(Generic[T]):
 
     # == flow control ====================================================================
     def flow(self) -> FlowChange:
-        """Pause partitions at their cap (or all, at the total cap); resume drained ones."""
+        """Pause partitions at their cap (or all, at the total cap); resume drained ones.
+
+        Each partition resumes on its own terms: one paused at its own cap once it drained to
+        ``resume_ratio`` of it (whatever the others hold, as long as the total is not full);
+        one paused because the total was full once the total drained to ``resume_ratio``.
+        """
         limits = self.limits
         total_full = self._open_total >= limits.max_in_flight_total
         total_low = self._open_total <= limits.max_in_flight_total * limits.resume_ratio
         change = FlowChange()
         for tp, part in self._parts.items():
             count = part.open_count
-            full = total_full or count >= part.cap
-            if not part.paused and full:
-                part.paused = True
-                change.pause.append(tp)
-            elif part.paused and not full and total_low and count <= part.cap * limits.resume_ratio:
-                # "not full": with resume_ratio 1 a partition at its cap would flap every turn
+            own_full = count >= part.cap
+            if not part.paused:
+                if own_full or total_full:
+                    part.paused = True
+                    part.paused_by_total = not own_full
+                    change.pause.append(tp)
+                continue
+            if part.paused_by_total and own_full:
+                part.paused_by_total = False  # its own cap holds it now
+            # "not own_full": with resume_ratio 1 a partition at its cap would flap every turn
+            drained = not own_full and count <= part.cap * limits.resume_ratio
+            if drained and not total_full and (total_low or not part.paused_by_total):
                 part.paused = False
                 change.resume.append(tp)
         return change

@@ -22,9 +22,14 @@ class Job(Generic[T]):
     task_id: str
     item: T
     first_dispatch: float = 0.0
+    last_dispatch: float = 0.0
     deadline: float = 0.0
     dispatches: int = 0
     retries_seen: int = 0
+    #: its place in its Celery queue's send order (see :mod:`bridge.core.queues`)
+    seq: int = -1
+    #: a worker reported STARTED or RETRY since it was last sent
+    started: bool = False
 
     @property
     def attempts(self) -> int:

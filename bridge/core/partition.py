@@ -19,7 +19,17 @@ from bridge.core.policy import RoutePolicy
 class PartitionWork(Generic[T]):
     """One partition under one assignment (``epoch``)."""
 
-    __slots__ = ("cap", "epoch", "gate", "jobs", "offsets", "paused", "policy", "waiting")
+    __slots__ = (
+        "cap",
+        "epoch",
+        "gate",
+        "jobs",
+        "offsets",
+        "paused",
+        "paused_by_total",
+        "policy",
+        "waiting",
+    )
 
     def __init__(self, epoch: int, policy: RoutePolicy | None, cap: int) -> None:
         self.epoch = epoch
@@ -34,10 +44,17 @@ class PartitionWork(Generic[T]):
         #: sent and not final, by task id
         self.jobs: dict[str, Job[T]] = {}
         self.paused = False
+        #: paused because all partitions together reached the total cap, not its own
+        self.paused_by_total = False
 
     @property
     def open_count(self) -> int:
         return len(self.offsets.open)
+
+    def policy_timeout(self) -> float:
+        """Seconds a started (or taken) task may take before it counts as lost."""
+        assert self.policy is not None  # only routed partitions have tasks
+        return self.policy.task_timeout
 
     def room(self) -> int:
         """How many more tasks this partition may have in flight."""

@@ -18,6 +18,7 @@ class RoutePolicy:
     max_in_flight: int = 1000  # tasks in flight per partition
     task_timeout: float = 300.0  # seconds without a final state before a task counts as lost
     max_redispatch: int = 2  # re-sends of a lost task before it is dead-lettered
+    queue: str = ""  # the Celery queue its tasks go to ("": the app's default queue)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,3 +28,7 @@ class Limits:
     max_in_flight_total: int = 10_000
     #: a paused partition resumes once its open records (and the total) fell to this share
     resume_ratio: float = 0.5
+    #: seconds of queued work kept ahead of a queue's workers (see :mod:`bridge.core.queues`)
+    max_queue_time: float = 5.0
+    #: tasks a queue may always have in flight, whatever its measured rate
+    window_floor: int = 32

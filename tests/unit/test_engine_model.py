@@ -60,15 +60,22 @@ class EngineMachine(RuleBasedStateMachine):
     @initialize(
         ordering=st.sampled_from(list(Ordering)),
         per_partition=st.integers(1, 4),
+        floor=st.integers(1, 6),
         total=st.integers(1, 8),
         redispatch=st.integers(0, 2),
         ratio=st.sampled_from([0.25, 0.5, 1.0]),
     )
     def setup(
-        self, ordering: Ordering, per_partition: int, total: int, redispatch: int, ratio: float
+        self,
+        ordering: Ordering,
+        per_partition: int,
+        floor: int,
+        total: int,
+        redispatch: int,
+        ratio: float,
     ) -> None:
         self.policy = RoutePolicy(ordering, per_partition, 10.0, redispatch)
-        self.limits = Limits(total, ratio)
+        self.limits = Limits(total, ratio, max_queue_time=1.0, window_floor=floor)
         self.engine = WorkEngine(self.limits)
 
     # -- assignment ------------------------------------------------------------------
@@ -153,9 +160,13 @@ class EngineMachine(RuleBasedStateMachine):
     # -- tasks -----------------------------------------------------------------------
     @rule(outcome=st.sampled_from(["sent", "refused", "known"]))
     def send(self, outcome: str) -> None:
-        jobs = self.engine.select()
+        queue = self.engine.queues().get("")
+        window = None if queue is None else (queue.window(), queue.in_flight)
+        jobs = self.engine.select(self.now)
         for job in jobs:
             assert self.engine.owns(job.tp, job.epoch)
+        if window is not None and jobs:  # never past the window (it may have moved on tick)
+            assert window[1] + len(jobs) <= max(window[0], self.engine.queues()[""].window())
         if outcome == "refused":
             self.engine.put_back(jobs)
         elif outcome == "known":  # an earlier run's SUCCESS was found: no task sent
@@ -172,8 +183,8 @@ class EngineMachine(RuleBasedStateMachine):
         if not running:
             return
         job = data.draw(st.sampled_from(running))
-        assert self.engine.complete(job.task_id) is job
-        assert self.engine.complete(job.task_id) is None  # a duplicate report
+        assert self.engine.complete(job.task_id, self.now) is job
+        assert self.engine.complete(job.task_id, self.now) is None  # a duplicate report
         if success:
             self._finish(job.tp, job.offset, job.epoch)
         else:
@@ -185,7 +196,7 @@ class EngineMachine(RuleBasedStateMachine):
             return
         task_id = data.draw(st.sampled_from(self.stale))
         if self.engine.job(task_id) is None:  # the record may be in flight again, re-sent
-            assert self.engine.complete(task_id) is None
+            assert self.engine.complete(task_id, self.now) is None
             assert self.engine.progress(task_id, self.now) is None
 
     @rule(data=st.data(), retry=st.booleans())
@@ -197,11 +208,25 @@ class EngineMachine(RuleBasedStateMachine):
             assert self.engine.progress(job.task_id, self.now, retry) is job
             assert job.retries_seen == retries + retry
             assert job.deadline == self.now + self.policy.task_timeout
+            assert job.started
+
+    @rule(depth=st.integers(0, 6))
+    def broker_queue_depth(self, depth: int) -> None:
+        """The loop read how many messages wait in the Celery queue."""
+        self.engine.observe_depth("", depth, self.now)
 
     @rule(dt=st.sampled_from([0.5, 5.0, 11.0]), resend=st.booleans())
     def tick(self, dt: float, resend: bool) -> None:
         self.now += dt
+        queue = self.engine.queues().get("")
         expiry = self.engine.expire(self.now)
+        for job in [*expiry.resend, *expiry.timed_out]:
+            # lost only after a start, or once workers took it, and the timeout passed
+            assert queue is not None
+            taken = queue.taken_at(job.seq)
+            assert job.started or (
+                taken is not None and taken + self.policy.task_timeout <= self.now
+            ), "a task still in the queue was declared lost"
         for job in expiry.resend:
             assert job.dispatches <= self.policy.max_redispatch
             assert self.engine.job(job.task_id) is job  # still in flight
@@ -243,13 +268,15 @@ class EngineMachine(RuleBasedStateMachine):
             assert part is not None
             if total_full or part.open_count >= part.cap:
                 assert part.paused, f"{tp} at its cap is not paused"
-            may_resume = (
+            drained = (
                 part.open_count < part.cap
-                and total <= self.limits.max_in_flight_total * self.limits.resume_ratio
                 and part.open_count <= part.cap * self.limits.resume_ratio
             )
-            if part.paused and not total_full:
-                assert not may_resume, f"{tp} may resume but stays paused"
+            total_low = total <= self.limits.max_in_flight_total * self.limits.resume_ratio
+            # each partition resumes on its own terms: its own cap, or the total's if that
+            # was what paused it
+            if part.paused and not total_full and drained:
+                assert part.paused_by_total and not total_low, f"{tp} may resume, stays paused"
 
     # -- invariants ------------------------------------------------------------------
     def _running(self) -> list[Job[None]]:
@@ -290,6 +317,9 @@ class EngineMachine(RuleBasedStateMachine):
         """A partition with a job that could be sent now is among those select() looks at."""
         ready = self.engine.ready_partitions()
         total_room = self.limits.max_in_flight_total - self.engine.in_flight
+        queue = self.engine.queues().get("")
+        if queue is not None:
+            total_room = min(total_room, queue.room())
         for tp in self.owned:
             part = self.engine.partition(tp)
             assert part is not None

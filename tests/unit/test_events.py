@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bridge.events import Observer, Observers, PartitionState, Totals
+from bridge.events import Observer, Observers, PartitionState, QueueWindow, Totals
 from bridge.records import Record
 
 RECORD = Record("orders", 0, 5, None, b"{}", (), 1)
@@ -21,6 +21,8 @@ CALLS: list[tuple[str, tuple[Any, ...]]] = [
     ("on_rebalance", ("assign", [("orders", 0)])),
     ("on_paused", (2,)),
     ("on_snapshot", ([PartitionState("orders", 0, 1, 1, 5, 0.5, False)],)),
+    ("on_windows", ([QueueWindow("celery", 32, 3, 10.0)],)),
+    ("on_offset_reset", (("orders", 0),)),
 ]
 
 

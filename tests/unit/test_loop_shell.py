@@ -158,6 +158,11 @@ class FakeDispatcher:
             raise PublishError("broker away")
         self.sent.extend(requests)
 
+    def queue_depth(self, queue: str | None) -> int:
+        return self.depth
+
+    depth = 0  # messages waiting in the broker queue: by default workers took everything
+
 
 @dataclass
 class FakeLedger:
@@ -431,3 +436,148 @@ def test_a_refused_commit_is_sent_again(shell: Shell) -> None:
     assert shell.consumer.committed.get((TOPIC, 0), 0) == 0
     shell.commit_now()
     assert shell.consumer.committed[(TOPIC, 0)] == 1
+
+
+def test_tasks_waiting_in_a_slow_queue_are_never_sent_again() -> None:
+    shell = make_shell(max_redispatch=1)
+    shell.dispatcher.depth = 3  # all three still wait in the broker: slow workers
+    shell.assign(0)
+    shell.consumer.produce(0, 3)
+    shell.turn(2)
+    for _ in range(5):
+        shell.clock.now += 31
+        shell.turn()
+    assert shell.dispatched == [False, False, False]
+    assert shell.dead_letters.letters == []
+
+
+def test_a_re_sent_task_keeps_its_retry_count() -> None:
+    shell = make_shell(max_redispatch=1)
+    shell.assign(0)
+    shell.consumer.produce(0, 1)
+    shell.turn(2)
+    (first,) = shell.dispatcher.sent
+    shell.finish(first, "RETRY")
+    shell.finish(first, "RETRY")
+    shell.turn()
+    shell.clock.now += 31
+    shell.turn()
+    assert [r.retries for r in shell.dispatcher.sent] == [0, 2]
+
+
+def test_while_the_broker_refuses_lost_tasks_get_one_publish_attempt_per_turn() -> None:
+    shell = make_shell(max_redispatch=2)
+    shell.assign(0)
+    shell.consumer.produce(0, 5)
+    shell.turn(2)
+    attempts = []
+    original = shell.dispatcher.publish
+
+    def refusing(requests: list[TaskRequest]) -> None:
+        attempts.append(len(requests))
+        raise PublishError("broker away")
+
+    shell.dispatcher.publish = refusing  # type: ignore[method-assign]
+    shell.clock.now += 31
+    shell.turn()
+    assert attempts == [1]  # one attempt for the first lost task, the other four wait
+    shell.dispatcher.publish = original  # type: ignore[method-assign]
+    shell.clock.now += 1.5
+    shell.turn()
+    assert shell.dispatched.count(True) == 5
+
+
+def test_dispatch_markers_live_as_long_as_each_record_s_route_needs() -> None:
+    settings = Settings(
+        routes=[
+            {"topic": "^orders$", "task": "a", "task_timeout": 10, "max_redispatch": 0},
+            {"topic": "^other$", "task": "b", "task_timeout": 100, "max_redispatch": 1},
+        ],
+        limits={"revoke_grace": 0},
+    )
+    shell = make_shell()
+    marks: list[tuple[list[str], float]] = []
+    shell.ledger.mark = lambda ids, ttl: marks.append((list(ids), ttl))  # type: ignore[method-assign]
+    from bridge.intake import Work
+    from bridge.sender import _by_route
+
+    records = [Record(t, 0, 0, None, b"{}", (), 1) for t in ("orders", "other")]
+    work = [
+        Work(rec, route, TaskRequest(f"id-{rec.topic}", route.task, [], {}, None, {}, ""))
+        for rec, route in zip(records, settings.routes, strict=True)
+    ]
+    assert [(r.task, ids) for r, ids in _by_route(work)] == [
+        ("a", ["id-orders"]),
+        ("b", ["id-other"]),
+    ]
+    shell.loop._sender._publish(work)
+    assert sorted(marks) == [(["id-orders"], 20.0), (["id-other"], 300.0)]
+
+
+def test_a_partition_error_of_the_revoke_commit_is_not_reported_as_committed(shell: Shell) -> None:
+    committed: list[tuple[tuple[str, int], int]] = []
+
+    class Watch(Observer):
+        def on_committed(self, tp: tuple[str, int], offset: int) -> None:
+            committed.append((tp, offset))
+
+    shell.loop._commits._events = Observers([Watch()])
+    shell.assign(0, 1)
+    shell.consumer.produce(0, 1)
+    shell.consumer.produce(1, 1)
+    shell.turn(2)
+    for request in shell.dispatcher.sent:
+        shell.finish(request)
+    shell.turn()
+    original = shell.consumer.commit
+
+    @dataclass
+    class Answer:  # librdkafka's per-partition answer (TopicPartition.error is read-only)
+        topic: str
+        partition: int
+        offset: int
+        error: KafkaError | None
+
+    def partly_failing(offsets: list[TopicPartition], asynchronous: bool) -> list[Answer]:
+        too_large = KafkaError(KafkaError.OFFSET_METADATA_TOO_LARGE)
+        return [
+            Answer(p.topic, p.partition, p.offset, too_large if p.partition == 1 else None)
+            for p in original(offsets, asynchronous)
+        ]
+
+    shell.consumer.commit = partly_failing  # type: ignore[method-assign]
+    shell.revoke(0, 1)
+    shell.turn()
+    assert ((TOPIC, 0), 1) in committed
+    assert ((TOPIC, 1), 1) not in committed
+
+
+def test_offsets_that_go_back_without_a_rebalance_restart_tracking_and_are_processed() -> None:
+    shell = make_shell()
+    resets: list[tuple[str, int]] = []
+
+    class Watch(Observer):
+        def on_offset_reset(self, tp: tuple[str, int]) -> None:
+            resets.append(tp)
+
+    shell.loop._events.add(Watch())
+    shell.assign(0)
+    shell.consumer.produce(0, 3)
+    shell.turn(2)
+    old = list(shell.dispatcher.sent)
+    shell.finish(old[0])
+    shell.commit_now()
+    assert shell.consumer.committed[(TOPIC, 0)] == 1
+    # the topic is deleted and created again: the log starts over at offset 0
+    shell.consumer.log[(TOPIC, 0)] = []
+    shell.consumer.produce(0, 2)
+    shell.consumer.position[(TOPIC, 0)] = 0
+    shell.turn(2)
+    assert resets == [(TOPIC, 0)]
+    new = shell.dispatcher.sent[len(old) :]
+    assert [r.headers["ckb_offset"] for r in new] == [0, 1]
+    shell.finish(old[1])  # a task of the old log reports late: ignored
+    for request in new:
+        shell.finish(request)
+    shell.commit_now()
+    assert shell.consumer.committed[(TOPIC, 0)] == 2  # the new log's point, not the old one

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import free_port
-from bridge.events import Observers, PartitionState
+from bridge.events import Observers, PartitionState, QueueWindow
 from bridge.http_server import OpsApp, OpsServer, Probes
 from bridge.metrics import BUCKETS, PrometheusObserver
 from bridge.records import Record
@@ -33,6 +33,11 @@ CONTRACT = {
     "ckb_record_latency_seconds": ("histogram", {"topic"}),
     "ckb_rebalances": ("counter", {"event"}),
     "ckb_paused_partitions": ("gauge", set()),
+    # not in DESIGN.md's table (added with the dispatch window, issue 12)
+    "ckb_dispatch_window_tasks": ("gauge", {"queue"}),
+    "ckb_queue_inflight_tasks": ("gauge", {"queue"}),
+    "ckb_queue_finish_rate": ("gauge", {"queue"}),
+    "ckb_offset_resets": ("counter", {"topic", "partition"}),
 }
 
 NOW = 1_700_000_100.0
@@ -62,6 +67,8 @@ def test_every_contract_metric_is_exposed_with_its_type_and_labels() -> None:
     metrics.on_dead_lettered(record(1), "decode_error")
     metrics.on_committed(("orders", 0), 2)
     metrics.on_snapshot([PartitionState("orders", 0, 0, 0, 2, None, False)])
+    metrics.on_windows([QueueWindow("celery", 32, 3, 10.0)])
+    metrics.on_offset_reset(("orders", 0))
     metrics.set_lag({("orders", 0): 0})
     text = metrics.registry.collect()
     families = {family.name: family for family in text}
