@@ -298,13 +298,12 @@ class WorkEngine(Generic[T]):
     def _prune(self, progress: QueueProgress) -> None:
         """Keep a queue's marks proportional to its tasks in flight (amortised O(1))."""
         if progress.marks > 2 * progress.in_flight + 1024:
-            seqs = [
+            progress.keep_only(
                 job.seq
                 for part in self._parts.values()
                 if self._queues.get(part.policy.queue if part.policy else "") is progress
                 for job in part.jobs.values()
-            ]
-            progress.forget_before(min(seqs, default=progress.next_seq))
+            )
 
     def queues(self) -> dict[str, QueueProgress]:
         """Each Celery queue the engine sent to: window, rate, tasks in flight."""

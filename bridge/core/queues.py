@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
+from collections.abc import Iterable
 
 #: seconds per throughput measurement
 BUCKET = 0.5
@@ -111,6 +112,13 @@ class QueueProgress:
         """Since when the task sent with ``seq`` is known taken by a worker; None: not yet."""
         index = bisect.bisect_left(self._marks, (seq, float("-inf")))
         return self._marks[index][1] if index < len(self._marks) else None
+
+    def keep_only(self, seqs: Iterable[int]) -> None:
+        """Keep just the marks that answer :meth:`taken_at` for ``seqs`` (the tasks in flight):
+        at most one each, however many tasks finished since the oldest of them was sent."""
+        marks = self._marks
+        wanted = {bisect.bisect_left(marks, (seq, float("-inf"))) for seq in seqs}
+        self._marks = [marks[index] for index in sorted(wanted) if index < len(marks)]
 
     def forget_before(self, seq: int) -> None:
         """Drop marks no task in flight can ask about (every one in flight has ``>= seq``)."""
