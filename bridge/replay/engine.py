@@ -14,7 +14,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
-from bridge.offsets import OffsetTracker
+from bridge.core.offsets import PartitionOffsets
+from bridge.core.vocabulary import TP
 from bridge.records import Record
 from bridge.replay.commits import CommitOffsets
 from bridge.replay.letters import DeadLetter, strip_ckb_headers
@@ -32,8 +33,6 @@ FLUSH_TIMEOUT = 60.0
 COMMIT_EVERY = 500
 COMMIT_INTERVAL = 1.0
 CONSUME_BATCH = 500
-#: the tracker's assignment epoch; a replay never sees a rebalance (it assigns, not subscribes)
-EPOCH = 0
 
 
 def _advances(messages: list[Any]) -> bool:
@@ -61,7 +60,8 @@ class Replayer:
         #: told once per kind of transient consumer error
         self.on_warning: Callable[[str], None] = lambda _message: None
         self._warned: set[int] = set()
-        self._tracker = OffsetTracker()
+        #: what each partition of the dead-letter topic may commit (letters not yet done)
+        self._offsets: dict[TP, PartitionOffsets] = {}
         self._ends: dict[int, int] = {}
         self._partitions: dict[str, int | None] = {}
         self._chosen = 0
@@ -70,7 +70,9 @@ class Replayer:
         self.result = ReplayResult()
         self.total = sum(plan.pending for plan in plans)
         for plan in plans:
-            self._tracker.assign((options.source, plan.partition), EPOCH, plan.committed)
+            self._offsets[(options.source, plan.partition)] = PartitionOffsets(
+                committed=plan.committed
+            )
             if plan.pending:
                 self._ends[plan.partition] = plan.end
 
@@ -91,7 +93,7 @@ class Replayer:
         return self.result
 
     def _start(self, partition: int) -> int:
-        committed = self._tracker.committed((self._options.source, partition))
+        committed = self._offsets[(self._options.source, partition)].committed
         return OFFSET_BEGINNING if committed is None else committed
 
     def _read(self, progress: ProgressCallback) -> None:
@@ -149,7 +151,7 @@ class Replayer:
     # -- one letter -----------------------------------------------------------------------
     def _examine(self, letter: DeadLetter) -> None:
         record = letter.record
-        self._tracker.add(record.tp, record.offset, 0.0)
+        self._offsets[record.tp].add(record.offset, 0.0)
         verdict = self._options.selection.verdict(letter)
         if verdict is Verdict.REPLAY:
             self._chosen += 1
@@ -158,7 +160,7 @@ class Replayer:
                 return
             self.result.selected.append(listing_row(letter))
         self.result.stats.count(letter.reason, outcome_of(verdict))
-        self._tracker.finish(record.tp, record.offset, EPOCH)
+        self._offsets[record.tp].finish(record.offset)
 
     def _produce(self, letter: DeadLetter) -> None:
         record = letter.record
@@ -214,7 +216,7 @@ class Replayer:
                 )
             return
         self.result.stats.count(letter.reason, "replayed")
-        self._tracker.finish(record.tp, record.offset, EPOCH)
+        self._offsets[record.tp].finish(record.offset)
         self._delivered_since_commit += 1
 
     # -- progress -------------------------------------------------------------------------
@@ -229,7 +231,11 @@ class Replayer:
         """Commit each partition up to its lowest letter not yet delivered (never in a dry
         run); raises :class:`ReplayError` when Kafka does not take it."""
         self._last_commit = time.monotonic()
-        points = self._tracker.committable()
+        points = {
+            tp: point
+            for tp, offsets in self._offsets.items()
+            if (point := offsets.committable()) is not None
+        }
         if self._commit_offsets is None or not points:
             return
         try:
@@ -240,7 +246,7 @@ class Replayer:
                 "letters replayed since its last commit will be replayed again by the next run"
             ) from exc
         for tp_key, offset in points.items():
-            self._tracker.mark_committed(tp_key, offset)
+            self._offsets[tp_key].mark_committed(offset)
         self._delivered_since_commit = 0
 
     def _finish(self) -> None:
