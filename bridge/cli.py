@@ -84,12 +84,37 @@ def run(config_path: Path | None) -> None:
 
 @main.command("check-config")
 @config_option
-def check_config(config_path: Path | None) -> None:
+@click.option(
+    "--probe",
+    is_flag=True,
+    help="Also ask the running Celery workers (remote control) whether the bridge will see "
+    "the outcomes of the tasks it sends: result backend, serializer, ignore_result, queues.",
+)
+def check_config(config_path: Path | None, probe: bool) -> None:
     """Validate the config; print the effective config with secrets masked."""
     settings = settings_or_exit(config_path)
     effective = mask(settings.model_dump(mode="json", by_alias=True))
     click.echo(yaml.safe_dump(effective, sort_keys=False), nl=False)
     click.secho("config ok", fg="green", err=True)
+    if probe:
+        probe_workers_or_exit(settings)
+
+
+def probe_workers_or_exit(settings: Settings) -> None:
+    from bridge.celery_app import make_celery_app
+    from bridge.worker_probe import probe
+
+    app = make_celery_app(settings.celery)
+    try:
+        found = probe(app, settings)
+    finally:
+        app.close()
+    for finding in found:
+        color = "red" if finding.level == "error" else "yellow"
+        click.secho(f"{finding.level}: {finding.message}", fg=color, err=True)
+    if any(finding.level == "error" for finding in found):
+        raise SystemExit(1)
+    click.secho("workers ok" if not found else "workers: see the warnings", fg="green", err=True)
 
 
 @main.command()

@@ -29,6 +29,7 @@ from bridge.loop import CommitReports, ConsumerLoop
 from bridge.metrics import PrometheusObserver
 from bridge.results import ResultWatcher, json_decoder
 from bridge.settings import Settings
+from bridge.worker_probe import WorkerCheck
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,8 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
     )
     bridge = Bridge(settings, loop, watcher, dispatcher, producer, totals, [results_client.close])
     bridge.services.extend(ops_services(settings, lag, metrics, loop, watcher))
+    # once, in the background: can the bridge see the outcomes of what it sends?
+    bridge.services.append(WorkerCheck(settings, make_celery_app))
     return bridge
 
 

@@ -19,6 +19,8 @@ from tasks.celeryconfig import configure
 app = Celery("ckb-it")
 configure(app)  # the example worker's settings, from the same CKB_CELERY__* environment
 app.conf.worker_prefetch_multiplier = 1
+if os.environ.get("CKB_IT_IGNORE_RESULT"):  # a misconfigured worker, for the probe's test
+    app.conf.task_ignore_result = True
 _recorder = redis.Redis.from_url(os.environ["CKB_IT_RECORDER_URL"])
 
 HEADERS = ("ckb_topic", "ckb_partition", "ckb_offset", "ckb_key", "ckb_timestamp")
