@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -100,10 +101,13 @@ class BridgeProcess:
             command = [sys.executable, "-m", "cProfile", "-o", str(profile_to), "-m", "bridge"]
         elif profile_to is not None:
             command = [sys.executable, "-m", "bench.cpu_profiled_bridge", str(profile_to)]
+        # CKB_BENCH_BRIDGE_TREE=<another checkout>: measure that tree's bridge with this
+        # harness (a before/after comparison in one run); default: this repository's
+        tree = Path(os.environ.get("CKB_BENCH_BRIDGE_TREE") or REPO)
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 [*command, "run", "-c", str(config_path)],
-                cwd=REPO,
+                cwd=tree,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -31,10 +31,16 @@ app.conf.update(
 )
 
 
+#: CKB_BENCH_TASK_MS=20 makes every task take 20 ms (a task that does some work)
+TASK_SECONDS = float(os.environ.get("CKB_BENCH_TASK_MS", "0")) / 1000.0
+
+
 @app.task(name=TASK_NAME)  # type: ignore[untyped-decorator]
 def noop(*args: Any, **kwargs: Any) -> None:
-    """Do nothing: the benchmark measures what surrounds a task, not the task."""
-    return None
+    """Do nothing (or sleep ``CKB_BENCH_TASK_MS``): the benchmark measures what surrounds a
+    task, not the task."""
+    if TASK_SECONDS:
+        time.sleep(TASK_SECONDS)
 
 
 @app.task(name=STAMP_TASK)  # type: ignore[untyped-decorator]
