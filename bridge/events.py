@@ -76,6 +76,9 @@ class Observer:
     def on_offset_reset(self, tp: TP) -> None:
         pass
 
+    def on_unobservable(self, record: Record, task: str) -> None:
+        """A lost task was held: its outcome can never be seen (see bridge.worker_probe)."""
+
 
 class Observers(Observer):
     """Fans every event out to each observer; an observer's exception is logged, not raised."""
@@ -124,6 +127,9 @@ class Observers(Observer):
 
     def on_offset_reset(self, tp: TP) -> None:
         self._each("on_offset_reset", tp)
+
+    def on_unobservable(self, record: Record, task: str) -> None:
+        self._each("on_unobservable", record, task)
 
 
 @dataclass

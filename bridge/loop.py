@@ -29,12 +29,13 @@ from bridge.dispatch_ledger import DispatchLedger
 from bridge.dispatcher import Dispatcher
 from bridge.events import Observers, PartitionState
 from bridge.intake import Intake, Rejected, Work
+from bridge.lost_tasks import LostTasks
 from bridge.outcomes import Outcomes
-from bridge.rebalance import RebalanceCallbacks
+from bridge.rebalance import RebalanceCallbacks, running_tasks, still_in_flight
 from bridge.records import Record
 from bridge.results import ResultWatcher
 from bridge.routing import Router
-from bridge.sender import PUBLISH_BACKOFF, Sender
+from bridge.sender import Sender
 from bridge.settings import Settings
 from bridge.snapshots import partition_states, queue_windows
 
@@ -92,6 +93,7 @@ class ConsumerLoop:
         self._sender = Sender(
             self.engine, dispatcher, watcher, ledger, self._outcomes, observers, clock
         )
+        self.lost = LostTasks(self.engine, self._sender, self._outcomes, observers, clock)
         self._rebalance = RebalanceCallbacks(
             self.engine,
             self._intake,
@@ -137,7 +139,7 @@ class ConsumerLoop:
         self._commits.apply_reports()
         self._dlq.poll()
         self._apply_events()
-        self._expire()
+        self.lost.handle()
         if not self.stopping:
             self._sender.send_selected()
         self._commits.commit_if_due(self._clock(), self.settings.kafka.commit_interval)
@@ -163,15 +165,21 @@ class ConsumerLoop:
         return partition_states(self.engine, self._clock())
 
     def shutdown(self) -> None:
-        """Stop fetching, wait up to ``shutdown_grace`` for in-flight tasks, commit, close."""
+        """Stop fetching, wait up to ``shutdown_grace`` for the tasks a worker is running (the
+        next owner adopts the queued ones through their dispatch markers), commit, close."""
+        began = self._clock()
         log.info("shutting down: %d tasks in flight", self.engine.in_flight)
-        assigned = [TopicPartition(t, p) for t, p in self.engine.partitions()]
-        if assigned:
-            self._consumer.pause(assigned)
+        owned = self.engine.partitions()
+        if owned:
+            self._consumer.pause([TopicPartition(t, p) for t, p in owned])
         self.engine.clear_waiting()  # never dispatched: their offsets stay uncommitted
-        deadline = self._clock() + self.settings.limits.shutdown_grace
-        while self.engine.in_flight or self._dlq.pending:
-            if self.hurry or self._clock() >= deadline:
+        running = running_tasks(self.engine, owned)
+        markers = self.settings.results.dispatch_markers
+        grace_end = began + self.settings.limits.shutdown_grace
+        while self._dlq.pending or (
+            still_in_flight(self.engine, running) if markers else self.engine.in_flight
+        ):
+            if self.hurry or self._clock() >= grace_end:
                 break
             self._consumer.consume(self.settings.kafka.poll_batch, 0.05)  # keeps membership
             self._wait_for_outcomes()
@@ -179,17 +187,26 @@ class ConsumerLoop:
         left = self._dlq.flush(DEAD_LETTER_FLUSH_WAIT)
         if left:
             log.warning("%d dead letters not acknowledged at shutdown; not committed", left)
-        self._commits.commit(sync=False)
         deadline = self._clock() + COMMIT_WAIT
-        while self._commits.pending and self._clock() < deadline:  # never hang on Kafka
+        while self._clock() < deadline:  # never hang on Kafka
+            if not self._commits.pending:  # again if refused: the group moved on meanwhile
+                if not self.engine.committable():
+                    break
+                self._commits.commit(sync=False)
             self._consumer.consume(self.settings.kafka.poll_batch, 0.05)
             self._commits.apply_reports()
-        # on_revoke runs with nothing to wait for, then the consumer leaves the group; close()
-        # has no timeout of its own and waits as long as the coordinator does not answer
-        self.closed_cleanly = close_within(self._consumer.close, CLOSE_WAIT, "Kafka consumer")
+        # on_revoke runs with nothing to wait for, then the consumer leaves the group. close()
+        # waits for the coordinator's answer, which (classic protocol) comes once a rebalance
+        # under way is over; giving up leaves the group waiting a session timeout for this
+        # member, so it also gets what is left of shutdown_grace
+        handed_on, closing = self.engine.in_flight, self._clock()
+        close_wait = CLOSE_WAIT + max(0.0, grace_end - closing)
+        self.closed_cleanly = close_within(self._consumer.close, close_wait, "Kafka consumer")
         log.info(
-            "stopped; %d tasks were still running (their records will be redelivered)",
-            self.engine.in_flight,
+            "stopped in %.1fs (close %.1fs); %d tasks in flight handed on to the next owners",
+            self._clock() - began,
+            self._clock() - closing,
+            handed_on,
         )
 
     def _wait_for_outcomes(self) -> None:
@@ -250,23 +267,6 @@ class ConsumerLoop:
                 event = completions.get_nowait()
             except queue.Empty:
                 return
-
-    def _expire(self) -> None:
-        expiry = self.engine.expire(self._clock())
-        resend_refused = False
-        for job in expiry.resend:
-            log.warning(
-                "task %s for %s has no final state after %.0fs; sending it again",
-                job.task_id,
-                job.item.record.coordinates(),
-                job.item.route.task_timeout,
-            )
-            if not resend_refused:
-                resend_refused = not self._sender.resend(job)
-            if resend_refused:  # the broker is away: one attempt per turn, the rest later
-                self.engine.retry_later(job, self._clock() + PUBLISH_BACKOFF)
-        for job in expiry.timed_out:
-            self._outcomes.timed_out(job)
 
     # == flow control ====================================================================
     def _apply_flow(self) -> None:

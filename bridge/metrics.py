@@ -29,6 +29,8 @@ Accounting rules:
 - ``ckb_dispatch_window_tasks``, ``ckb_queue_finish_rate`` and ``ckb_queue_inflight_tasks``
   (label ``queue``): each Celery queue's dispatch window (see :mod:`bridge.core.queues`), the
   rate its tasks finish at, and its tasks in flight; from the loop's snapshots.
+- ``ckb_tasks_unobservable_total``: each time a lost task was held instead of re-sent because
+  the worker check found its outcome can never be seen (``bridge.worker_probe``).
 - ``ckb_consumer_lag_records`` comes from :class:`bridge.lag.LagMonitor` (:meth:`set_lag`),
   which reads end offsets with its own client.
 
@@ -108,6 +110,7 @@ class Values:
     dead_letters: Counter[Labels] = field(default_factory=Counter)
     rebalances: Counter[Labels] = field(default_factory=Counter)
     offset_resets: Counter[Labels] = field(default_factory=Counter)
+    unobservable: Counter[Labels] = field(default_factory=Counter)
     #: offsets dispatched and not final, per assigned partition
     in_flight: dict[TP, set[int]] = field(default_factory=dict)
     oldest_age: dict[TP, float] = field(default_factory=dict)
@@ -127,6 +130,7 @@ class Values:
                 "dead_letters": Counter(self.dead_letters),
                 "rebalances": Counter(self.rebalances),
                 "offset_resets": Counter(self.offset_resets),
+                "unobservable": Counter(self.unobservable),
             },
             gauges={
                 "in_flight": {tp: len(offsets) for tp, offsets in self.in_flight.items()},
@@ -219,6 +223,10 @@ class PrometheusObserver(Observer):
                     values.oldest_age[(state.topic, state.partition)] = state.oldest_open_age or 0.0
             values.paused = sum(1 for state in partitions if state.paused)
 
+    def on_unobservable(self, record: Record, task: str) -> None:
+        with self.lock:
+            self._values.unobservable[(record.topic, task)] += 1
+
     def on_offset_reset(self, tp: TP) -> None:
         with self.lock:
             self._values.offset_resets[(tp[0], str(tp[1]))] += 1
@@ -264,6 +272,8 @@ COUNTERS: tuple[tuple[str, str, Labels, str], ...] = (
      "rebalances"),
     ("ckb_offset_resets", "Times a partition's offsets went back without a rebalance.",
      ("topic", "partition"), "offset_resets"),
+    ("ckb_tasks_unobservable", "Lost tasks held, not re-sent: their outcome can never be seen "
+     "(see the worker check in the log).", ("topic", "task"), "unobservable"),
 )  # fmt: skip
 
 #: per-partition gauges: (metric name, help, key in Scrape.gauges)

@@ -131,7 +131,7 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
     bridge = Bridge(settings, loop, watcher, dispatcher, producer, totals, [results_client.close])
     bridge.services.extend(ops_services(settings, lag, metrics, loop, watcher))
     # once, in the background: can the bridge see the outcomes of what it sends?
-    bridge.services.append(WorkerCheck(settings, make_celery_app))
+    bridge.services.append(WorkerCheck(settings, make_celery_app, loop.lost.hold_lost_tasks_of))
     return bridge
 
 

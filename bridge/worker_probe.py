@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +33,8 @@ _IGNORED = re.compile(r"^(?P<name>\S+) \[.*\bignore_result=True\b.*\]$")
 class Finding:
     level: str  # "error": outcomes cannot be seen; "warning": may not be, or cannot tell
     message: str  # what is wrong and the fix
+    #: for an error: the route tasks whose outcome the bridge can never see
+    tasks: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,7 @@ def findings(replies: Replies, settings: Settings, bridge_serializer: str) -> li
     ours = _where(settings.celery.result_backend)
     longest = max(route.task_timeout for route in settings.routes)
     for worker, conf in sorted(replies.conf.items()):
+        its_tasks = _tasks_served_by(worker, replies, settings)
         backend = conf.get("result_backend")
         if not backend or str(backend).lower() in ("disabled", "none"):
             out.append(
@@ -74,6 +78,7 @@ def findings(replies: Replies, settings: Settings, bridge_serializer: str) -> li
                     "error",
                     f"worker {worker} stores no results (result_backend "
                     f"unset): set it to {mask_url(settings.celery.result_backend)}",
+                    its_tasks,
                 )
             )
         elif _where(backend) != ours:
@@ -92,6 +97,7 @@ def findings(replies: Replies, settings: Settings, bridge_serializer: str) -> li
                     "error",
                     f"worker {worker} has task_ignore_result=True: no outcome "
                     "is ever stored; turn it off for the tasks the bridge sends",
+                    its_tasks,
                 )
             )
         serializer = conf.get("result_serializer")
@@ -103,6 +109,7 @@ def findings(replies: Replies, settings: Settings, bridge_serializer: str) -> li
                     f"bridge reads {bridge_serializer!r}: set "
                     f"celery.options.result_serializer: {serializer} (and "
                     "accept_content) or result_serializer=json on the workers",
+                    its_tasks,
                 )
             )
         expires = conf.get("result_expires")
@@ -118,6 +125,24 @@ def findings(replies: Replies, settings: Settings, bridge_serializer: str) -> li
     out.extend(_task_findings(replies, settings.routes))
     out.extend(_queue_findings(replies, settings))
     return out
+
+
+def _tasks_served_by(worker: str, replies: Replies, settings: Settings) -> frozenset[str]:
+    """The route tasks whose queue ``worker`` consumes (all of them when it did not say)."""
+    queues = replies.queues.get(worker)
+    if queues is None:
+        return frozenset(route.task for route in settings.routes)
+    names = {queue.get("name") for queue in queues}
+    return frozenset(
+        route.task
+        for route in settings.routes
+        if (route.queue or settings.celery.default_queue) in names
+    )
+
+
+def unobservable_tasks(found: list[Finding]) -> frozenset[str]:
+    """Every task an error says the bridge can never see the outcome of."""
+    return frozenset().union(*(f.tasks for f in found if f.level == "error"))
 
 
 def _task_findings(replies: Replies, routes: list[Route]) -> list[Finding]:
@@ -138,6 +163,7 @@ def _task_findings(replies: Replies, routes: list[Route]) -> list[Finding]:
                     f"task {task} has ignore_result=True on worker "
                     f"{ignoring[task]}: the bridge can never see its outcome; "
                     "remove ignore_result from the task",
+                    frozenset({task}),
                 )
             )
         elif replies.registered and task not in known:
@@ -199,9 +225,16 @@ def log_findings(found: list[Finding]) -> None:
 class WorkerCheck:
     """Runs :func:`probe` once, on its own thread and Celery app, shortly after start-up."""
 
-    def __init__(self, settings: Settings, make_app: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        make_app: Any,
+        on_unobservable: Callable[[frozenset[str]], None] = lambda _tasks: None,
+    ) -> None:
         self._settings = settings
         self._make_app = make_app
+        #: told the tasks whose lost tasks are to be held rather than run again
+        self._on_unobservable = on_unobservable
         self._thread = threading.Thread(target=self._run, name="ckb-worker-check", daemon=True)
         self.found: list[Finding] | None = None
 
@@ -218,3 +251,11 @@ class WorkerCheck:
         finally:
             app.close()
         log_findings(self.found)
+        blind = unobservable_tasks(self.found)
+        if blind:
+            log.error(
+                "lost tasks of %s will be held (not run again, not dead-lettered, their records "
+                "not committed) until the workers are fixed and the bridge restarted",
+                ", ".join(sorted(blind)),
+            )
+            self._on_unobservable(blind)

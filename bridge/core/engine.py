@@ -21,11 +21,12 @@ Invariants (checked by ``tests/unit/test_engine_model.py`` after every step):
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic
 
 from bridge.core.deadlines import Deadlines
+from bridge.core.flow import FlowChange, decide_flow
 from bridge.core.jobs import Job, T
 from bridge.core.partition import PartitionWork
 from bridge.core.policy import Limits, RoutePolicy
@@ -34,19 +35,16 @@ from bridge.core.vocabulary import TP
 
 
 @dataclass(slots=True)
-class FlowChange:
-    """Partitions to pause and to resume now."""
-
-    pause: list[TP] = field(default_factory=list)
-    resume: list[TP] = field(default_factory=list)
-
-
-@dataclass(slots=True)
 class Expiry(Generic[T]):
     """Tasks past their deadline: to send again, or given up (released, to dead-letter)."""
 
     resend: list[Job[T]] = field(default_factory=list)
     timed_out: list[Job[T]] = field(default_factory=list)
+    held: list[Job[T]] = field(default_factory=list)
+
+
+def _never(_job: Job[T]) -> bool:
+    return False
 
 
 class WorkEngine(Generic[T]):
@@ -232,11 +230,13 @@ class WorkEngine(Generic[T]):
         self._ready.add(job.tp)
         return job
 
-    def expire(self, now: float) -> Expiry[T]:
+    def expire(self, now: float, hold: Callable[[Job[T]], bool] = _never) -> Expiry[T]:
         """Tasks with no final state by their deadline.
 
         Those with re-sends left are re-armed and returned to be sent again (report
-        :meth:`resent`); the others are taken out of flight, to be dead-lettered.
+        :meth:`resent`); the others are taken out of flight, to be dead-lettered. A lost task
+        that ``hold`` names (its outcome can never be seen) is neither: it stays in flight,
+        re-armed, and is returned in ``held``.
         """
         expiry: Expiry[T] = Expiry()
         for task_id in self._deadlines.due(now, self._is_current):
@@ -249,7 +249,10 @@ class WorkEngine(Generic[T]):
                     self._arm(job, now + timeout if taken is None else taken + timeout)
                     continue
             assert part.policy is not None  # only routed partitions send tasks
-            if job.dispatches <= part.policy.max_redispatch:
+            if hold(job):
+                self._arm(job, now + timeout)
+                expiry.held.append(job)
+            elif job.dispatches <= part.policy.max_redispatch:
                 self._arm(job, now + timeout)
                 expiry.resend.append(job)
             else:
@@ -337,33 +340,8 @@ class WorkEngine(Generic[T]):
 
     # == flow control ====================================================================
     def flow(self) -> FlowChange:
-        """Pause partitions at their cap (or all, at the total cap); resume drained ones.
-
-        Each partition resumes on its own terms: one paused at its own cap once it drained to
-        ``resume_ratio`` of it (whatever the others hold, as long as the total is not full);
-        one paused because the total was full once the total drained to ``resume_ratio``.
-        """
-        limits = self.limits
-        total_full = self._open_total >= limits.max_in_flight_total
-        total_low = self._open_total <= limits.max_in_flight_total * limits.resume_ratio
-        change = FlowChange()
-        for tp, part in self._parts.items():
-            count = part.open_count
-            own_full = count >= part.cap
-            if not part.paused:
-                if own_full or total_full:
-                    part.paused = True
-                    part.paused_by_total = not own_full
-                    change.pause.append(tp)
-                continue
-            if part.paused_by_total and own_full:
-                part.paused_by_total = False  # its own cap holds it now
-            # "not own_full": with resume_ratio 1 a partition at its cap would flap every turn
-            drained = not own_full and count <= part.cap * limits.resume_ratio
-            if drained and not total_full and (total_low or not part.paused_by_total):
-                part.paused = False
-                change.resume.append(tp)
-        return change
+        """Partitions to pause and to resume now (see :func:`bridge.core.flow.decide_flow`)."""
+        return decide_flow(self._parts, self._open_total, self.limits)
 
     # == sizes ===========================================================================
     @property

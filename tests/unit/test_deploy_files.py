@@ -79,6 +79,7 @@ EXTRA_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "ckb_queue_inflight_tasks": ("gauge", frozenset({"queue"})),
     "ckb_queue_finish_rate": ("gauge", frozenset({"queue"})),
     "ckb_offset_resets_total": ("counter", frozenset({"topic", "partition"})),
+    "ckb_tasks_unobservable_total": ("counter", frozenset({"topic", "task"})),
 }
 #: labels Prometheus adds to every scraped series
 TARGET_LABELS = frozenset({"job", "instance"})

@@ -23,6 +23,7 @@ CALLS: list[tuple[str, tuple[Any, ...]]] = [
     ("on_snapshot", ([PartitionState("orders", 0, 1, 1, 5, 0.5, False)],)),
     ("on_windows", ([QueueWindow("celery", 32, 3, 10.0)],)),
     ("on_offset_reset", (("orders", 0),)),
+    ("on_unobservable", (RECORD, "tasks.x")),
 ]
 
 

@@ -581,3 +581,26 @@ def test_offsets_that_go_back_without_a_rebalance_restart_tracking_and_are_proce
         shell.finish(request)
     shell.commit_now()
     assert shell.consumer.committed[(TOPIC, 0)] == 2  # the new log's point, not the old one
+
+
+def test_a_lost_task_whose_outcome_can_never_be_seen_is_held_not_run_again() -> None:
+    shell = make_shell(max_redispatch=2)
+    held: list[str] = []
+
+    class Watch(Observer):
+        def on_unobservable(self, record: Record, task: str) -> None:
+            held.append(task)
+
+    shell.loop._events.add(Watch())
+    shell.loop.lost.hold_lost_tasks_of(frozenset({"tasks.t"}))  # the worker check's verdict
+    shell.assign(0)
+    shell.consumer.produce(0, 1)
+    shell.turn(2)
+    for _ in range(4):
+        shell.clock.now += 31
+        shell.turn()
+    assert shell.dispatched == [False]  # sent once, never again
+    assert shell.dead_letters.letters == []
+    assert held == ["tasks.t"] * 4
+    shell.commit_now()
+    assert shell.consumer.committed.get((TOPIC, 0), 0) == 0  # its record stays uncommitted

@@ -38,6 +38,7 @@ CONTRACT = {
     "ckb_queue_inflight_tasks": ("gauge", {"queue"}),
     "ckb_queue_finish_rate": ("gauge", {"queue"}),
     "ckb_offset_resets": ("counter", {"topic", "partition"}),
+    "ckb_tasks_unobservable": ("counter", {"topic", "task"}),
 }
 
 NOW = 1_700_000_100.0
@@ -69,6 +70,7 @@ def test_every_contract_metric_is_exposed_with_its_type_and_labels() -> None:
     metrics.on_snapshot([PartitionState("orders", 0, 0, 0, 2, None, False)])
     metrics.on_windows([QueueWindow("celery", 32, 3, 10.0)])
     metrics.on_offset_reset(("orders", 0))
+    metrics.on_unobservable(rec, TASK)
     metrics.set_lag({("orders", 0): 0})
     text = metrics.registry.collect()
     families = {family.name: family for family in text}

@@ -87,3 +87,14 @@ def test_an_unknown_task_and_an_unconsumed_queue_are_warnings() -> None:
 def test_no_answer_is_a_warning_not_a_pass() -> None:
     found = findings(Replies({}, {}, {}), SETTINGS, "json")
     assert only(found).level == "warning"
+
+
+def test_errors_name_the_tasks_whose_outcome_cannot_be_seen() -> None:
+    from bridge.worker_probe import unobservable_tasks
+
+    # the worker consumes only "billing": only billing.charge is blind because of it
+    found = judge({"task_ignore_result": True}, queues={"w1@host": [{"name": "billing"}]})
+    assert unobservable_tasks(found) == {"billing.charge"}
+    registered = {"w1@host": ["billing.charge", "audit.write [ignore_result=True]"]}
+    assert unobservable_tasks(judge(registered=registered)) == {"audit.write"}
+    assert unobservable_tasks(judge({"result_expires": 300})) == frozenset()  # a warning
