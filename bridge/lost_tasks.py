@@ -15,6 +15,7 @@ from bridge.sender import PUBLISH_BACKOFF, Sender
 
 log = logging.getLogger(__name__)
 
+
 class LostTasks:
     def __init__(
         self,
