@@ -260,7 +260,9 @@ def bridge_config(
         },
         "routes": routes,
         "results": {"reconcile_interval": 1.0},
-        "metrics": {"enabled": False},
+        # /healthz, /readyz, /status are served even without metrics: port 0 lets each of
+        # several bridges (and of concurrent test sessions) pick a free port
+        "metrics": {"enabled": False, "host": "127.0.0.1", "port": 0},
         "logging": {"level": "INFO"},
     }
     for key, value in overrides.items():
