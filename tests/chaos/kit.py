@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupState,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
 from bench.common import produce_retrying
 from bridge.stack import StackInfo
@@ -318,6 +325,7 @@ class Scenario:
         self.probe = CommitProbe(self.kafka.bootstrap, self.group, self.topic, self.partitions)
         #: scenario-specific facts, appended to the summary line
         self.notes: list[str] = []
+        self._admin: AdminClient | None = None
 
     @property
     def dlq_topic(self) -> str:
@@ -351,6 +359,33 @@ class Scenario:
 
     def executed(self) -> int:
         return self.recorder.count(self.topic)
+
+    def owners(self) -> list[set[int]] | None:
+        """The partitions of the topic each member of the group owns, as the broker says;
+        None while the group rebalances or the broker does not answer."""
+        if self._admin is None:
+            self._admin = AdminClient({"bootstrap.servers": self.kafka.bootstrap, "logger": QUIET})
+        try:
+            future = self._admin.describe_consumer_groups([self.group], request_timeout=5)
+            group = future[self.group].result(10)
+        except KafkaException:
+            return None
+        if group.state != ConsumerGroupState.STABLE:
+            return None
+        return [
+            {tp.partition for tp in member.assignment.topic_partitions if tp.topic == self.topic}
+            for member in group.members
+        ]
+
+    def wait_members(self, count: int, timeout: float = 60) -> None:
+        """Until the group is stable with ``count`` members that own every partition."""
+
+        def settled() -> bool:
+            owners = self.owners()
+            every = set(range(self.partitions))
+            return owners is not None and len(owners) == count and set().union(*owners) == every
+
+        wait_for(settled, timeout, f"a stable group of {count} owning every partition", 0.5)
 
     def wait_executed(self, fraction: float, timeout: float = 120) -> None:
         target = max(1, int(len(self.planned) * fraction))
@@ -544,6 +579,37 @@ def tasks_held(broker: redis.Redis, queue: str) -> int:
         if (entry := json.loads(raw)) and len(entry) == 3 and entry[2] == queue
     )
     return int(broker.llen(queue)) + reserved
+
+
+def held_task_ids(broker: redis.Redis, queue: str) -> set[str]:
+    """Ids of the tasks :func:`tasks_held` counts: waiting in ``queue`` or reserved, not acked."""
+    messages = [json.loads(raw) for raw in broker.lrange(queue, 0, -1)]
+    for raw in broker.hvals("unacked"):
+        entry = json.loads(raw)
+        if entry and len(entry) == 3 and entry[2] == queue:
+            messages.append(entry[0])
+    return {str(message["headers"]["id"]) for message in messages}
+
+
+def unread_by_broker(kafka_port: int, pid: int) -> int:
+    """Bytes process ``pid`` sent to the broker on ``kafka_port`` that the broker has not
+    read yet: the receive queues of the broker's ends of ``pid``'s connections (loopback TCP,
+    from /proc; a stopped broker reads nothing, so every request sent to it stays there)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    sockets = []  # (local port, remote port, receive queue bytes, inode)
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, remote = (int(a.rsplit(":", 1)[1], 16) for a in fields[1:3])
+                sockets.append((local, remote, int(fields[4].split(":")[1], 16), fields[9]))
+    mine = {port for port, peer, _, inode in sockets if inode in inodes and peer == kafka_port}
+    return sum(queued for port, peer, queued, _ in sockets if port == kafka_port and peer in mine)
 
 
 def kill_bridge_watchers(admin: redis.Redis) -> int:

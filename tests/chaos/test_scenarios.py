@@ -35,6 +35,7 @@ from tests.chaos.kit import (
     RunFactory,
     SupervisedWorker,
     children_of,
+    held_task_ids,
     kill_9,
     kill_bridge_watchers,
     logged,
@@ -42,9 +43,12 @@ from tests.chaos.kit import (
     record_value,
     redis_client,
     tasks_held,
+    unread_by_broker,
 )
 from tests.figures import figure
 from tests.integration.harness import (
+    REDIS_BACK,
+    REDIS_DOWN,
     SHARED_QUEUE,
     BridgeProcess,
     Executions,
@@ -144,9 +148,12 @@ def test_04_sigstop_longer_than_session_timeout_then_sigcont(
         victim = sc.fleet.running()[0]
         for round_, point in enumerate(progress_points(profile.rounds, 0.1, 0.5), start=1):
             sc.wait_executed(point)
+            sc.wait_members(2)  # the victim owns partitions when it stops
             victim.process.send_signal(signal.SIGSTOP)
             try:
-                time.sleep(12)  # > session.timeout.ms and > max.poll.interval.ms
+                # stopped past its session timeout: the broker dropped it from the group and
+                # the other bridge owns every partition
+                sc.wait_members(1)
             finally:
                 victim.process.send_signal(signal.SIGCONT)
             sc.fault_over()
@@ -164,6 +171,8 @@ def test_05_rebalance_storm(run: RunFactory, profile: Profile, protocol: str) ->
     with run(f"05-storm[{protocol},seed={seed}]", planned, partitions, protocol=protocol) as sc:
         sc.start(bridges=2, rate=100)
         for _ in range(6 * profile.rounds):
+            # the storm's schedule, by the clock on purpose: members come and go faster than
+            # the group settles. Nothing is checked after the pause; finish() checks it all.
             time.sleep(rng.uniform(0.5, 2.5))
             running = sc.fleet.running()
             if len(running) < 2 or (len(running) < 4 and rng.random() < 0.5):
@@ -221,6 +230,14 @@ def test_06_kill_9_of_a_celery_worker_mid_task(
 
 # == 8 =================================================================================
 KAFKA_STOPS = ["sigterm"] if PROFILE.name == "short" else ["sigterm", "sigkill"]
+#: librdkafka's line when the bridge's consumer loses or cannot reach a broker; the bridge
+#: logs it from inside its loop's consume() call, so it also shows the loop turned after it
+CONSUMER_FAIL = "FAIL [ckb-consumer-"
+
+
+def consumer_failures(bridges: list[BridgeProcess]) -> list[int]:
+    """How many connection failures of its consumer each bridge logged so far."""
+    return [logged(b.log_path, CONSUMER_FAIL) for b in bridges]
 
 
 @pytest.mark.parametrize("how", KAFKA_STOPS)
@@ -238,11 +255,21 @@ def test_08_kafka_broker_stopped_and_restarted(
         sc.producer_done()
         for point in progress_points(profile.rounds, 0.25, 0.6):
             sc.wait_executed(point)
+            bridges = sc.fleet.running()
+            before = consumer_failures(bridges)
             down = time.monotonic()
             try:
                 local_stack.stop_kafka(kill=how == "sigkill")
-                time.sleep(5)
-                assert all(b.alive() for b in sc.fleet.running()), "a bridge died with Kafka"
+                # Kafka stays away until every bridge's consumer reported the loss
+                wait_for(
+                    lambda bridges=bridges, before=before: all(
+                        now > then
+                        for now, then in zip(consumer_failures(bridges), before, strict=True)
+                    ),
+                    60,
+                    "every bridge's consumer to report the broker gone",
+                )
+                assert all(b.alive() for b in bridges), "a bridge died with Kafka"
             finally:
                 local_stack.start_kafka()  # ALWAYS: the whole session shares this broker
             outages.append(round(time.monotonic() - down, 1))
@@ -274,6 +301,11 @@ def kafka_frozen(local_stack: LocalStack) -> Iterator[None]:
         os.kill(pid, signal.SIGCONT)  # ALWAYS: the whole session shares this broker
 
 
+#: the moments of a freeze 08b sends SIGTERM at: requests (commits, heartbeats, a fetch) wait
+#: on the frozen broker; the group session timed out and the assignment is lost
+PENDING, SESSION_LOST = "requests pending", "session lost"
+
+
 def wait_exit(bridge: BridgeProcess, timeout: float) -> float | None:
     began = time.monotonic()
     while bridge.alive() and time.monotonic() - began < timeout:
@@ -282,21 +314,39 @@ def wait_exit(bridge: BridgeProcess, timeout: float) -> float | None:
 
 
 def test_08b_sigterm_while_the_broker_does_not_answer(
-    run: RunFactory, profile: Profile, local_stack: LocalStack
+    run: RunFactory, profile: Profile, local_stack: LocalStack, stack: StackInfo
 ) -> None:
     partitions, window = 4, 20
     planned = numbered(profile.records(300), partitions, seed=81, sleep_ms=(100, 200))
     # SIGTERM before the session timeout (commits in flight) and, in FULL, after it (lost)
-    delays = (1.0,) if profile.name == "short" else (1.0, 8.0)
+    moments = (PENDING,) if profile.name == "short" else (PENDING, SESSION_LOST)
+    kafka_port = int(stack.kafka_bootstrap.rsplit(":", 1)[1])
     took: list[float | None] = []
+    into: list[float] = []
     with run("08b-sigterm-broker-frozen", planned, partitions, limits={"shutdown_grace": 5}) as sc:
         sc.start(bridges=2)
         sc.producer_done()  # as in 08: no records of the test's own in flight to the broker
-        for point, delay in zip(progress_points(len(delays), 0.2, 0.5), delays, strict=True):
+        for point, moment in zip(progress_points(len(moments), 0.2, 0.5), moments, strict=True):
             sc.wait_executed(point)
             leaving = sc.fleet.running()[0]
+            losses = logged(leaving.log_path, "lost ")
             with kafka_frozen(local_stack):
-                time.sleep(delay)
+                frozen_at = time.monotonic()
+                if moment == PENDING:  # well before session.timeout.ms (6 s)
+                    wait_for(
+                        lambda b=leaving: unread_by_broker(kafka_port, b.pid) > 0,
+                        4,
+                        "the bridge's requests to wait on the frozen broker",
+                        0.05,
+                    )
+                else:  # librdkafka gave up on the coordinator and the assignment
+                    wait_for(
+                        lambda b=leaving, n=losses: logged(b.log_path, "lost ") > n,
+                        30,
+                        "the bridge's group session to time out",
+                        0.1,
+                    )
+                into.append(round(time.monotonic() - frozen_at, 1))
                 leaving.process.send_signal(signal.SIGTERM)
                 took.append(wait_exit(leaving, SHUTDOWN_BOUND))
             sc.fault_over()
@@ -305,8 +355,11 @@ def test_08b_sigterm_while_the_broker_does_not_answer(
             else:
                 sc.fleet.exit_codes[sc.fleet.name_of(leaving)] = leaving.process.returncode
             sc.fleet.start()
-        sc.note(f"SIGTERM {delays}s into the freeze; exit within the freeze after {took}s")
-        sc.finish(Bounds(duplicates=window * partitions * len(delays), recovery=120))
+        sc.note(
+            f"SIGTERM at {', '.join(moments)} ({into}s into the freeze); "
+            f"exit within the freeze after {took}s"
+        )
+        sc.finish(Bounds(duplicates=window * partitions * len(moments), recovery=120))
     if None in took:
         raise ShutdownHang(f"SIGTERM with the broker frozen: exit after {took}s (None: not in "
                            f"{SHUTDOWN_BOUND:.0f}s)")  # fmt: skip
@@ -325,7 +378,7 @@ def _max_message_bytes(admin: AdminClient, topic: str, value: int) -> None:
 def test_09_dlq_writes_fail_for_a_while_then_recover(
     run: RunFactory, profile: Profile, stack: StackInfo
 ) -> None:
-    partitions, total = 2, profile.records(200)
+    partitions, total, window = 2, profile.records(200), 20
     planned = [
         Planned(n, n % partitions, record_value(n, 5, "always_fail"), "task_failed")
         if n % 5 == 0
@@ -333,7 +386,7 @@ def test_09_dlq_writes_fail_for_a_while_then_recover(
         for n in range(total)
     ]
     admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
-    with run("09-dlq-outage", planned, partitions) as sc:
+    with run("09-dlq-outage", planned, partitions, route={"max_in_flight": window}) as sc:
         # a DLQ that refuses every dead letter (each is over 200 bytes) until it is fixed
         dlq = NewTopic(sc.dlq_topic, 1, 1, config={"max.message.bytes": "200"})
         admin.create_topics([dlq])[sc.dlq_topic].result(30)
@@ -342,7 +395,14 @@ def test_09_dlq_writes_fail_for_a_while_then_recover(
             if round_ > 1:
                 _max_message_bytes(admin, sc.dlq_topic, 200)
             sc.wait_logged("dead-letter topic unavailable", round_, timeout=60)
-            time.sleep(5)  # the outage: the failed records hold their partition's commit
+            # the outage lasts until records after the refused ones ran: their commits are
+            # held by the failed records (the invariants check every commit sampled)
+            ran = sc.executed()
+            wait_for(
+                lambda ran=ran: sc.executed() >= ran + window,
+                60,
+                f"{window} more executions while the DLQ refuses",
+            )
             _max_message_bytes(admin, sc.dlq_topic, 1_048_576)
             sc.fault_over()
             sc.wait_logged("dead-letter topic available again", round_, timeout=60)
@@ -390,6 +450,10 @@ def test_10_poison_records_mixed_into_the_stream(run: RunFactory, profile: Profi
 
 
 # == 11 ================================================================================
+#: Celery's Redis result backend keeps a task's outcome under this prefix + its id
+RESULT_KEY = "celery-task-meta-"
+
+
 def test_11_result_expires_before_the_bridge_reads_it(
     run: RunFactory, profile: Profile, stack: StackInfo, work_dir: Path
 ) -> None:
@@ -408,6 +472,7 @@ def test_11_result_expires_before_the_bridge_reads_it(
     route = {"queue": queue, "max_in_flight": window, "task_timeout": 5, "max_redispatch": 3}
     admin = redis_client(stack.redis_url)
     broker = redis_client(f"{stack.redis_url}/0")
+    results = redis_client(f"{stack.redis_url}/1")
     try:
         # a session timeout above the SIGSTOP below: this is not a rebalance scenario
         with run(
@@ -427,7 +492,17 @@ def test_11_result_expires_before_the_bridge_reads_it(
             bridge.process.send_signal(signal.SIGSTOP)
             try:
                 assert kill_bridge_watchers(admin), "the bridge held no pub/sub connection"
-                time.sleep(1.5 + 1 + 2)
+                frozen = held_task_ids(broker, queue)
+                assert frozen, "no task in flight when the bridge froze"
+                # the bridge stays frozen until its tasks finished and their results expired
+                wait_for(
+                    lambda: (
+                        not frozen & held_task_ids(broker, queue)
+                        and not results.exists(*(RESULT_KEY + task_id for task_id in frozen))
+                    ),
+                    30,
+                    f"the {len(frozen)} tasks in flight to finish and their results to expire",
+                )
             finally:
                 bridge.process.send_signal(signal.SIGCONT)
             sc.fault_over()
@@ -437,6 +512,7 @@ def test_11_result_expires_before_the_bridge_reads_it(
         worker.stop()
         admin.close()
         broker.close()
+        results.close()
 
 
 # == 7 =================================================================================
@@ -477,11 +553,23 @@ def test_07a_redis_restarted_mid_run(
     route = {"queue": queue, "max_in_flight": window, "task_timeout": 8, "max_redispatch": 5}
     with run("07a-redis-restart", planned, partitions, route=route, recorder=recorder) as sc:
         sc.start(bridges=1, rate=60)
+        bridge = sc.fleet.running()[0]
         for point in progress_points(profile.rounds, 0.3, 0.6):
             sc.wait_executed(point)
+            wait_for(  # over the previous outage, by its own account
+                lambda: logged(bridge.log_path, REDIS_BACK) == logged(bridge.log_path, REDIS_DOWN),
+                60,
+                "the bridge to have Redis back",
+            )
+            outages = logged(bridge.log_path, REDIS_DOWN)
             try:
                 local_stack.stop_redis()
-                time.sleep(2)
+                # Redis stays away until the bridge noticed (its result watcher lost it)
+                wait_for(
+                    lambda n=outages: logged(bridge.log_path, REDIS_DOWN) > n,
+                    30,
+                    "the bridge to notice Redis left",
+                )
             finally:
                 local_stack.start_redis()  # the whole session shares this Redis
             sc.fault_over()
@@ -532,5 +620,5 @@ def test_07b_pubsub_connection_killed(
         log = sc.fleet.logs(500_000)
     admin.close()
     assert all(kills), "no pub/sub connection was killed"
-    assert "result backend (Redis) unavailable" in log, "the watcher never saw its connection go"
+    assert REDIS_DOWN in log, "the watcher never saw its connection go"
     assert "sending it again" not in log, "outcomes were found by re-sending, not by the sweep"
