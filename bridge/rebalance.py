@@ -1,9 +1,19 @@
 """The consumer's rebalance callbacks: what an assignment, a revoke or a loss does to the work.
 
 librdkafka calls them inside ``consume()``/``poll()``, on the loop's thread. On revoke the
-partitions' unsent records are dropped, in-flight tasks get up to ``revoke_grace`` to finish,
-what finished is committed synchronously (the group waits for it), and the partitions are
-forgotten whole; on loss they are forgotten without a commit (another member may own them).
+partitions' unsent records are dropped, the tasks a worker is running get up to
+``revoke_grace`` to finish, what finished is committed synchronously (the group waits for it),
+and the partitions are forgotten whole; on loss they are forgotten without a commit (another
+member may own them).
+
+A revoke does not wait for tasks still queued in Celery. The group cannot finish a
+rebalance before every member returned from its revoke callback: each second spent here is a
+second the moving partitions have no owner, and (classic protocol) a second every member's
+JoinGroup, and with it their commits and a leaving member's LeaveGroup, waits at the
+coordinator. A queued task runs anyway; the next owner of its partition finds its dispatch
+marker and watches it instead of sending it again (:mod:`bridge.sender`), and a task that
+finished meanwhile is concluded from its stored result. Without dispatch markers the next owner
+would send every unfinished record again, so then the revoke waits for all tasks in flight.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ class RebalanceCallbacks:
         revoke_grace: float,
         stopping: Callable[[], bool],
         wait_turn: Callable[[], None],
+        markers: bool = True,
     ) -> None:
         self._engine = engine
         self._intake = intake
@@ -51,6 +62,8 @@ class RebalanceCallbacks:
         self._stopping = stopping
         #: one short turn of applying outcomes and delivery reports
         self._wait_turn = wait_turn
+        #: dispatch markers are written: the next owner adopts the tasks still queued
+        self._markers = markers
 
     def on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
@@ -58,7 +71,10 @@ class RebalanceCallbacks:
             consumer.incremental_assign(partitions)
         except KafkaException:  # an eager assignor (range, roundrobin): the whole assignment
             consumer.assign(partitions)
-        if partitions:
+        if partitions and self._stopping():
+            # assigned while shutting down: nothing will be consumed; close() hands them on
+            consumer.pause(partitions)
+        elif partitions:
             # librdkafka keeps a partition's pause flag across revoke and re-assignment
             consumer.resume(partitions)
         for tp in tps:
@@ -72,15 +88,39 @@ class RebalanceCallbacks:
             part = self._engine.partition(tp)
             if part is not None:
                 part.waiting.clear()  # not sent: the next owner consumes them again
-        stopping = self._stopping()
-        deadline = self._clock() + (0.0 if stopping else self._revoke_grace)
-        while self._engine.in_flight_of(tps) + self._dlq.pending and self._clock() < deadline:
-            self._wait_turn()
+        began = self._clock()
+        awaited = self._wait_for_running(tps)
         # the group waits for this commit; at shutdown it was made already, asynchronously
-        self._commits.commit(sync=not stopping, tps=tps)
+        self._commits.commit(sync=not self._stopping(), tps=tps)
+        handed_on = self._engine.in_flight_of(tps)
         self._forget(consumer, tps)
-        log.info("revoked %s", names(tps))
+        log.info(
+            "revoked %s (waited %.1fs for %d running tasks; %d tasks in flight handed on)",
+            names(tps),
+            self._clock() - began,
+            awaited,
+            handed_on,
+        )
         self._events.on_rebalance(Rebalance.REVOKE, tps)
+
+    def _wait_for_running(self, tps: list[TP]) -> int:
+        """Up to ``revoke_grace``, until the tasks of ``tps`` a worker started or took by now
+        finished (with markers; else every task in flight) and no dead letter is pending;
+        not at all once the bridge stops (shutdown waited already). How many it waited for."""
+        if self._stopping():
+            return 0
+        awaited = running_tasks(self._engine, tps) if self._markers else None
+        deadline = self._clock() + self._revoke_grace
+        while self._clock() < deadline and not self._stopping():
+            left = (
+                self._engine.in_flight_of(tps)
+                if awaited is None
+                else still_in_flight(self._engine, awaited)
+            )
+            if not left and not self._dlq.pending:
+                break
+            self._wait_turn()
+        return self._engine.in_flight_of(tps) if awaited is None else len(awaited)
 
     def on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         tps = sorted({(p.topic, p.partition) for p in partitions})
@@ -122,6 +162,29 @@ class RebalanceCallbacks:
             except KafkaException as exc:
                 log.debug("resuming revoked partitions failed: %s", exc)
         self._dlq.forget(set(tps))
+
+
+def running_tasks(engine: WorkEngine[Any], tps: Iterable[TP]) -> set[str]:
+    """Task ids of ``tps`` in flight that a worker started (a STARTED or RETRY state was seen)
+    or took (its queue's workers finished a task sent after it, or the broker's queue holds
+    fewer messages than were sent after it): the ones worth waiting for on a revoke or a
+    shutdown. The others still wait in the Celery queue."""
+    queues = engine.queues()
+    found: set[str] = set()
+    for tp in tps:
+        part = engine.partition(tp)
+        if part is None or part.policy is None:
+            continue
+        progress = queues.get(part.policy.queue)
+        for task_id, job in part.jobs.items():
+            if job.started or (progress is not None and progress.taken_at(job.seq) is not None):
+                found.add(task_id)
+    return found
+
+
+def still_in_flight(engine: WorkEngine[Any], task_ids: Iterable[str]) -> int:
+    """How many of ``task_ids`` have no final state yet (and belong to an owned partition)."""
+    return sum(engine.job(task_id) is not None for task_id in task_ids)
 
 
 def names(tps: Iterable[TP]) -> str:
