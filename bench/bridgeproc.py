@@ -34,6 +34,7 @@ def bridge_config(
     window: int,
     commit_interval: float | None,
     shutdown_grace: float = 10.0,
+    window_follows_workers: bool = True,
 ) -> dict[str, Any]:
     """A bridge config for the bench: every topic to the no-op task on ``queue``.
 
@@ -41,6 +42,9 @@ def bridge_config(
     one bound holds however the partitions are spread.
     """
     kafka: dict[str, Any] = {"bootstrap_servers": stack.bootstrap, "group_id": group}
+    limits: dict[str, Any] = {"max_in_flight_total": window, "shutdown_grace": shutdown_grace}
+    if not window_follows_workers and _bridge_knows("max_queue_time"):
+        limits["max_queue_time"] = 0  # a queue nobody drains (B): only the caps bound it
     if commit_interval is not None:
         kafka["commit_interval"] = commit_interval
     return {
@@ -50,10 +54,21 @@ def bridge_config(
             {"topic": topic, "task": TASK_NAME, "queue": queue, "max_in_flight": window}
             for topic in topics
         ],
-        "limits": {"max_in_flight_total": window, "shutdown_grace": shutdown_grace},
+        "limits": limits,
         "metrics": {"enabled": True, "host": "127.0.0.1", "port": free_port()},
         "logging": {"level": "INFO"},
     }
+
+
+def bridge_tree() -> Path:
+    """The checkout whose bridge runs: CKB_BENCH_BRIDGE_TREE (another checkout, for a
+    before/after comparison with this harness) or this repository."""
+    return Path(os.environ.get("CKB_BENCH_BRIDGE_TREE") or REPO)
+
+
+def _bridge_knows(setting: str) -> bool:
+    """Whether the measured bridge has ``setting`` (an older checkout may not)."""
+    return setting in (bridge_tree() / "bridge" / "settings.py").read_text()
 
 
 def parse_metrics(text: str) -> Counter[str]:
@@ -103,7 +118,7 @@ class BridgeProcess:
             command = [sys.executable, "-m", "bench.cpu_profiled_bridge", str(profile_to)]
         # CKB_BENCH_BRIDGE_TREE=<another checkout>: measure that tree's bridge with this
         # harness (a before/after comparison in one run); default: this repository's
-        tree = Path(os.environ.get("CKB_BENCH_BRIDGE_TREE") or REPO)
+        tree = bridge_tree()
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 [*command, "run", "-c", str(config_path)],

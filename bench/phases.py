@@ -66,10 +66,23 @@ class Context:
     timeout: float
 
     def bridge(
-        self, group: str, topics: list[str], queue: str, window: int, grace: float
+        self,
+        group: str,
+        topics: list[str],
+        queue: str,
+        window: int,
+        grace: float,
+        window_follows_workers: bool = True,
     ) -> BridgeProcess:
         config = bridge_config(
-            self.stack, group, topics, queue, window, self.commit_interval, shutdown_grace=grace
+            self.stack,
+            group,
+            topics,
+            queue,
+            window,
+            self.commit_interval,
+            shutdown_grace=grace,
+            window_follows_workers=window_follows_workers,
         )
         return BridgeProcess.start(config, self.stack.work_dir, group)
 
@@ -207,7 +220,10 @@ def bridge_dispatch(ctx: Context) -> PhaseResult:
     ctx.probe.clear_results()
     group = unique("bench-b")
     window = max(ctx.records, ctx.window)
-    bridge = ctx.bridge(group, [ctx.topic], QUEUE_B, window, grace=0.0)
+    # nobody drains QUEUE_B: the window that follows the workers would stop at its floor
+    bridge = ctx.bridge(
+        group, [ctx.topic], QUEUE_B, window, grace=0.0, window_follows_workers=False
+    )
     try:
         origin, metrics = bridge.wait_consuming(ctx.timeout)
         ctx.probe.start()

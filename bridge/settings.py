@@ -128,8 +128,9 @@ class Limits(Strict):
     #: resume a paused partition once its open records fall to this fraction of the cap
     resume_ratio: float = Field(default=0.5, gt=0, le=1)
     #: seconds of queued work the bridge keeps ahead of each Celery queue's workers: the
-    #: dispatch window follows how fast they finish tasks (see bridge/core/queues.py)
-    max_queue_time: float = Field(default=5.0, gt=0, le=3600)
+    #: dispatch window follows how fast they finish tasks (see bridge/core/queues.py);
+    #: 0 turns the window off (only the in-flight caps bound what is queued)
+    max_queue_time: float = Field(default=5.0, ge=0, le=3600)
 
 
 class ResultSettings(Strict):

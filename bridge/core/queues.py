@@ -100,7 +100,10 @@ class QueueProgress:
 
     # -- answers ------------------------------------------------------------------
     def window(self) -> int:
-        """How many tasks of this queue may be in flight now."""
+        """How many tasks of this queue may be in flight now (``max_queue_time`` 0: no window,
+        only the caps)."""
+        if self.max_queue_time <= 0:
+            return self.cap
         service = min(self._service, default=0.0)
         wanted = int(self.rate * (self.max_queue_time + service))
         return max(self.floor, min(self.cap, wanted))
