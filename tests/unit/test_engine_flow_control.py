@@ -150,3 +150,8 @@ def test_a_started_task_counts_from_its_start():
     engine.progress(job.task_id, 50.0)  # STARTED after 50 s in the queue
     assert engine.expire(59.0).resend == []
     assert engine.expire(60.0).resend == [job]
+
+
+def test_max_queue_time_zero_turns_the_window_off() -> None:
+    queue = QueueProgress(max_queue_time=0, floor=4, cap=100)
+    assert queue.window() == 100  # no measurement needed: only the caps bound it
