@@ -155,3 +155,16 @@ def test_a_started_task_counts_from_its_start():
 def test_max_queue_time_zero_turns_the_window_off() -> None:
     queue = QueueProgress(max_queue_time=0, floor=4, cap=100)
     assert queue.window() == 100  # no measurement needed: only the caps bound it
+
+
+def test_a_lost_task_the_caller_holds_stays_in_flight_and_comes_back_each_timeout() -> None:
+    engine: WorkEngine[None] = WorkEngine(Limits(window_floor=10))
+    tp = ("t", 0)
+    engine.assign(tp, POLICY)
+    (job,) = fill(engine, tp, 1)
+    engine.started(engine.select(0.0), 0.0)
+    engine.progress(job.task_id, 1.0)
+    for now in (11.0, 21.0):
+        expiry = engine.expire(now, hold=lambda j: j is job)
+        assert (expiry.held, expiry.resend, expiry.timed_out) == ([job], [], [])
+        assert engine.job(job.task_id) is job and job.dispatches == 1
