@@ -84,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
                 from bench.memory import memory_run
 
                 data = memory_run(s)
+            elif options.window_trace:
+                from bench.window_trace import window_trace
+
+                data = window_trace(s)
             elif options.profile:
                 from bench.profiling import profile_run
 

@@ -31,6 +31,7 @@ class Options:
     profile: bool = False
     profile_records: int = 20_000
     profile_clock: str = "cpu"
+    window_trace: bool = False
 
 
 def parser() -> argparse.ArgumentParser:
@@ -71,6 +72,12 @@ def parser() -> argparse.ArgumentParser:
         default=d.profile_clock,
         choices=["cpu", "wall"],
         help="cpu: main-thread CPU time (default); wall: python -m cProfile as is",
+    )
+    p.add_argument(
+        "--window-trace",
+        action="store_true",
+        help="the dispatch window over one run with the workers paused midway (CSV and SVG "
+        "next to --json); give the task some work: CKB_BENCH_TASK_MS=20",
     )
     return p
 

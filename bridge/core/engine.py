@@ -67,7 +67,8 @@ class WorkEngine(Generic[T]):
         self.drop(tp)
         self._epochs += 1
         cap = policy.max_in_flight if policy else self.limits.max_in_flight_total
-        self._parts[tp] = PartitionWork(self._epochs, policy, cap)
+        progress = self._queue_named(policy.queue if policy else "")
+        self._parts[tp] = PartitionWork(self._epochs, policy, cap, progress)
         return self._epochs
 
     def drop(self, tp: TP) -> PartitionWork[T] | None:
@@ -78,7 +79,7 @@ class WorkEngine(Generic[T]):
         self._open_total -= part.open_count
         for task_id in part.jobs:
             del self._owner[task_id]
-            self._queue_of(part).left()
+            part.progress.left()
         self._ready.discard(tp)
         return part
 
@@ -156,7 +157,7 @@ class WorkEngine(Generic[T]):
             name = part.policy.queue
             shared_room = min(
                 self.limits.max_in_flight_total - len(self._owner) - len(chosen),
-                self._queue_of(part).room() - by_queue.get(name, 0),
+                part.progress.room() - by_queue.get(name, 0),
             )
             room = part.room()
             picked = part.gate.select(part.policy.ordering, part.waiting, min(room, shared_room))
@@ -177,7 +178,7 @@ class WorkEngine(Generic[T]):
             part.gate.started(job.key)
             job.first_dispatch = job.last_dispatch = now
             job.dispatches += 1
-            job.seq = self._queue_of(part).sent()
+            job.seq = part.progress.sent()
             self._arm(job, now + part.policy_timeout())
 
     def settled(self, job: Job[T]) -> None:
@@ -215,7 +216,7 @@ class WorkEngine(Generic[T]):
         part = self._owner.get(task_id)
         job = self._release(task_id)
         if job is not None and part is not None:
-            progress = self._queue_of(part)
+            progress = part.progress
             progress.finished(job.seq, now - job.last_dispatch, now)
             self._prune(progress)
         return job
@@ -226,7 +227,7 @@ class WorkEngine(Generic[T]):
             return None
         job = part.jobs.pop(task_id)
         part.gate.finished(job.key)
-        self._queue_of(part).left()
+        part.progress.left()
         self._ready.add(job.tp)
         return job
 
@@ -244,7 +245,7 @@ class WorkEngine(Generic[T]):
             job = part.jobs[task_id]
             timeout = part.policy_timeout()
             if not job.started:  # lost only once a worker took it and the timeout passed
-                taken = self._queue_of(part).taken_at(job.seq)
+                taken = part.progress.taken_at(job.seq)
                 if taken is None or taken + timeout > now:
                     self._arm(job, now + timeout if taken is None else taken + timeout)
                     continue
@@ -272,7 +273,7 @@ class WorkEngine(Generic[T]):
             job.dispatches += 1
             job.last_dispatch = now
             job.started = False
-            job.seq = self._queue_of(part).resequence()
+            job.seq = part.progress.resequence()
             self._arm(job, now + part.policy_timeout())
 
     def _arm(self, job: Job[T], deadline: float) -> None:
@@ -280,8 +281,7 @@ class WorkEngine(Generic[T]):
         self._deadlines.arm(job.task_id, deadline, len(self._owner), self._is_current)
 
     # == queues ==========================================================================
-    def _queue_of(self, part: PartitionWork[T]) -> QueueProgress:
-        name = part.policy.queue if part.policy else ""
+    def _queue_named(self, name: str) -> QueueProgress:
         progress = self._queues.get(name)
         if progress is None:
             limits = self.limits
@@ -304,7 +304,7 @@ class WorkEngine(Generic[T]):
             progress.keep_only(
                 job.seq
                 for part in self._parts.values()
-                if self._queues.get(part.policy.queue if part.policy else "") is progress
+                if part.progress is progress
                 for job in part.jobs.values()
             )
 

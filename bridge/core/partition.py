@@ -14,6 +14,7 @@ from bridge.core.jobs import Job, T
 from bridge.core.offsets import PartitionOffsets
 from bridge.core.ordering import PartitionGate
 from bridge.core.policy import RoutePolicy
+from bridge.core.queues import QueueProgress
 
 
 class PartitionWork(Generic[T]):
@@ -28,10 +29,13 @@ class PartitionWork(Generic[T]):
         "paused",
         "paused_by_total",
         "policy",
+        "progress",
         "waiting",
     )
 
-    def __init__(self, epoch: int, policy: RoutePolicy | None, cap: int) -> None:
+    def __init__(
+        self, epoch: int, policy: RoutePolicy | None, cap: int, progress: QueueProgress
+    ) -> None:
         self.epoch = epoch
         #: None for a topic no route matches: its records are never dispatched
         self.policy = policy
@@ -44,6 +48,8 @@ class PartitionWork(Generic[T]):
         #: sent and not final, by task id
         self.jobs: dict[str, Job[T]] = {}
         self.paused = False
+        #: the Celery queue its tasks go to (shared with the other partitions routed there)
+        self.progress = progress
         #: paused because all partitions together reached the total cap, not its own
         self.paused_by_total = False
 

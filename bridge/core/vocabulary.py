@@ -63,13 +63,11 @@ class TaskState(StrEnum):
     @classmethod
     def parse(cls, value: object) -> TaskState | None:
         """The state named by ``value``, or None for anything the bridge does not know."""
-        try:
-            return cls(value) if isinstance(value, str) else None
-        except ValueError:
-            return None
+        return _BY_VALUE.get(value) if isinstance(value, str) else None
 
 
 _FINAL = frozenset({TaskState.SUCCESS, TaskState.FAILURE, TaskState.REVOKED})
+_BY_VALUE: dict[str, TaskState] = {state.value: state for state in TaskState}
 
 #: a final state that is not a success: the dead-letter reason and the outcome label
 FAILED = {

@@ -12,6 +12,7 @@ from bridge.core.engine import FlowChange, WorkEngine
 from bridge.core.jobs import Job
 from bridge.core.partition import PartitionWork
 from bridge.core.policy import Limits, RoutePolicy
+from bridge.core.queues import QueueProgress
 from bridge.core.vocabulary import (
     FAILED,
     TP,
@@ -224,7 +225,7 @@ def test_put_back_of_a_stale_job_is_dropped() -> None:
 
 
 def test_partition_work_put_back_merges_in_offset_order() -> None:
-    part: PartitionWork[None] = PartitionWork(1, policy(), 10)
+    part: PartitionWork[None] = PartitionWork(1, policy(), 10, QueueProgress(5.0, 32, 10))
     part.waiting.extend(Job(T0, offset, None, 1, str(offset), None) for offset in (3, 7))
     part.put_back([Job(T0, offset, None, 1, str(offset), None) for offset in (9, 1, 5)])
     assert [job.offset for job in part.waiting] == [1, 3, 5, 7, 9]
