@@ -13,6 +13,12 @@ from bridge.settings import CLASSIC_ONLY, KafkaSettings
 
 #: librdkafka properties that say how to reach the cluster securely, shared by every client
 _SECURITY_PREFIXES = ("security.", "sasl.", "ssl.")
+#: classic protocol: a member learns that its group rebalances from its next heartbeat, and
+#: every round of a rebalance waits for all members to rejoin (cooperative-sticky needs two
+#: rounds to move a partition). librdkafka's 3 s default keeps partitions unowned, and the
+#: members' commits waiting at the coordinator, for up to 3 s per round; 1 s costs one small
+#: request per second. Kafka's own advice: at most a third of ``session.timeout.ms``.
+HEARTBEAT_INTERVAL_MS = 1000
 
 
 def quiet_kafka_logger(command: str) -> logging.Logger:
@@ -49,6 +55,7 @@ def consumer_config(kafka: KafkaSettings) -> dict[str, Any]:
         # than the bridge ever holds in flight; a smaller queue keeps RSS down on big backlogs
         "queued.min.messages": 10_000,
         "queued.max.messages.kbytes": 16_384,
+        "heartbeat.interval.ms": _heartbeat_ms(kafka.consumer.get("session.timeout.ms")),
     }
     config.update(kafka.consumer)
     if kafka.uses_kip848:
@@ -57,6 +64,15 @@ def consumer_config(kafka: KafkaSettings) -> dict[str, Any]:
     # the commit policy is the bridge's: only offsets below finished work, committed by it
     config.update({"enable.auto.commit": False, "enable.auto.offset.store": False})
     return config
+
+
+def _heartbeat_ms(session_timeout_ms: object) -> int:
+    """:data:`HEARTBEAT_INTERVAL_MS`, or a third of a shorter session timeout."""
+    try:
+        session = int(str(session_timeout_ms)) if session_timeout_ms is not None else 45_000
+    except ValueError:
+        return HEARTBEAT_INTERVAL_MS  # librdkafka rejects it with a clear message
+    return max(1, min(HEARTBEAT_INTERVAL_MS, session // 3))
 
 
 def producer_config(kafka: KafkaSettings) -> dict[str, Any]:
