@@ -105,6 +105,7 @@ class ConsumerLoop:
             revoke_grace=limits.revoke_grace,
             stopping=lambda: self.stopping,
             wait_turn=self._wait_for_outcomes,
+            markers=settings.results.dispatch_markers,
         )
         self.stopping = False
         #: set by a second stop signal: do not wait for running tasks any longer

@@ -47,6 +47,18 @@ def _never(_job: Job[T]) -> bool:
     return False
 
 
+def _fair_shares(wanting: list[PartitionWork[T]]) -> dict[str, int]:
+    """Per queue: its window's free room split evenly over the partitions that want some
+    (rounded up, at least one)."""
+    count: dict[str, int] = defaultdict(int)
+    room: dict[str, int] = {}
+    for part in wanting:
+        assert part.policy is not None
+        count[part.policy.queue] += 1
+        room[part.policy.queue] = part.progress.room()
+    return {name: max(1, -(-room[name] // n)) for name, n in count.items()}
+
+
 class WorkEngine(Generic[T]):
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
@@ -59,6 +71,7 @@ class WorkEngine(Generic[T]):
         self._ready: set[TP] = set()
         self._epochs = 0
         self._open_total = 0
+        self._turn = 0  # select() calls: where its fair round starts
         self._queues: dict[str, QueueProgress] = {}
 
     # == assignment ======================================================================
@@ -150,21 +163,32 @@ class WorkEngine(Generic[T]):
         for progress in self._queues.values():
             progress.tick(now)
         ready, self._ready = self._ready, set()
-        for tp in ready:
+        wanting: list[tuple[TP, PartitionWork[T]]] = []
+        for tp in sorted(ready):
             part = self._parts.get(tp)
-            if part is None or part.policy is None or not part.waiting:
-                continue
+            if part is not None and part.policy is not None and part.waiting:
+                wanting.append((tp, part))
+        if not wanting:
+            return chosen
+        # a fair share of each queue's window per partition, starting at a rotating place, so
+        # a partition that arrives with many waiting records cannot take a whole window
+        self._turn += 1
+        start = self._turn % len(wanting)
+        shares = _fair_shares([part for _, part in wanting])
+        for tp, part in wanting[start:] + wanting[:start]:
+            assert part.policy is not None
             name = part.policy.queue
             shared_room = min(
                 self.limits.max_in_flight_total - len(self._owner) - len(chosen),
                 part.progress.room() - by_queue.get(name, 0),
+                shares[name],
             )
             room = part.room()
             picked = part.gate.select(part.policy.ordering, part.waiting, min(room, shared_room))
             chosen.extend(picked)
             by_queue[name] = by_queue.get(name, 0) + len(picked)
             if part.waiting and shared_room <= room:
-                self._ready.add(tp)  # starved by the total cap or the window: look next turn
+                self._ready.add(tp)  # held back by the total cap, the window or its share
         return chosen
 
     def started(self, jobs: Iterable[Job[T]], now: float) -> None:

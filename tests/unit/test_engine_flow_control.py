@@ -168,3 +168,16 @@ def test_a_lost_task_the_caller_holds_stays_in_flight_and_comes_back_each_timeou
         expiry = engine.expire(now, hold=lambda j: j is job)
         assert (expiry.held, expiry.resend, expiry.timed_out) == ([job], [], [])
         assert engine.job(job.task_id) is job and job.dispatches == 1
+
+
+def test_partitions_share_a_queue_s_window_fairly() -> None:
+    engine: WorkEngine[None] = WorkEngine(Limits(window_floor=32))
+    busy, late = ("t", 0), ("t", 1)
+    engine.assign(busy, POLICY)
+    engine.assign(late, POLICY)
+    fill(engine, busy, 100)
+    fill(engine, late, 100)
+    sent = engine.select(0.0)
+    per_partition = {tp: sum(1 for job in sent if job.tp == tp) for tp in (busy, late)}
+    assert per_partition == {busy: 16, late: 16}, "one partition took the whole window"
+    assert engine.ready_partitions() == {busy, late}  # both still have records to send
