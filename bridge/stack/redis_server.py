@@ -15,6 +15,7 @@ from bridge.stack.paths import StatePaths
 from bridge.stack.processes import (
     LOCALHOST,
     StackError,
+    alive,
     format_tails,
     is_running,
     read_pid,
@@ -144,7 +145,9 @@ class RedisNode:
     def wait_ready(self, pid: int, timeout: float = READY_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not is_running(pid, ("redis-server",)):
+            # the pid was just spawned, so it is ours: only whether it still lives matters
+            # (Redis rewrites its command line as it starts; a read then can miss the name)
+            if not alive(pid):
                 remove_pid(self.paths.redis_pid)
                 raise self._error("Redis exited during startup")
             if self.answers(timeout=0.5):

@@ -135,6 +135,9 @@ class FakeConsumer:
     def close(self) -> None:
         pass
 
+    def get_watermark_offsets(self, tp: TopicPartition, cached: bool) -> tuple[int, int]:
+        return 0, len(self.log.get((tp.topic, tp.partition), []))
+
 
 class FakeWatcher:
     def __init__(self) -> None:
@@ -581,6 +584,24 @@ def test_offsets_that_go_back_without_a_rebalance_restart_tracking_and_are_proce
         shell.finish(request)
     shell.commit_now()
     assert shell.consumer.committed[(TOPIC, 0)] == 2  # the new log's point, not the old one
+
+
+def test_older_offsets_fetched_again_from_a_log_that_goes_on_are_ignored() -> None:
+    """librdkafka may fetch already-delivered offsets again (a broker restart): the log end is
+    beyond them, so they are redeliveries, not a new log; the commit never moves back."""
+    shell = make_shell()
+    shell.assign(0)
+    shell.consumer.produce(0, 3)
+    shell.turn(2)
+    for request in list(shell.dispatcher.sent):
+        shell.finish(request)
+    shell.commit_now()
+    assert shell.consumer.committed[(TOPIC, 0)] == 3
+    shell.consumer.position[(TOPIC, 0)] = 1  # the same log, fetched again from offset 1
+    shell.turn(2)
+    shell.commit_now()
+    assert len(shell.dispatcher.sent) == 3  # nothing sent again
+    assert shell.consumer.committed[(TOPIC, 0)] == 3
 
 
 def test_a_lost_task_whose_outcome_can_never_be_seen_is_held_not_run_again() -> None:
