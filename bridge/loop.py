@@ -16,14 +16,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
 from bridge.bounded_close import close_within
 from bridge.commits import CommitReports, Committer, FatalConsumerError, fatal_message
 from bridge.core.engine import WorkEngine
 from bridge.core.jobs import Job
 from bridge.core.policy import Limits
-from bridge.core.vocabulary import TP, TaskState
+from bridge.core.vocabulary import TaskState
 from bridge.dead_letters import DeadLetterWriter
 from bridge.dispatch_ledger import DispatchLedger
 from bridge.dispatcher import Dispatcher
@@ -226,9 +226,8 @@ class ConsumerLoop:
         if self.stopping:
             return
         epoch = self.engine.open(record.tp, record.offset, self._clock())
-        if epoch is None and self._log_restarted(record.tp, record.offset):
-            self._rebalance.restart(self._consumer, record.tp, record.offset)
-            epoch = self.engine.open(record.tp, record.offset, self._clock())
+        if epoch is None and self.engine.rewound(record.tp, record.offset):
+            self._rebalance.rewound(record.tp, record.offset)
         if epoch is None:
             return
         self._events.on_consumed(record)
@@ -241,20 +240,6 @@ class ConsumerLoop:
             self._outcomes.dead_letter(record, read.route, epoch, read.failure)
         else:
             self.engine.finish(record.tp, record.offset, epoch)
-
-    def _log_restarted(self, tp: TP, offset: int) -> bool:
-        """An offset behind what ``tp`` delivered, and the log now ends before what was seen:
-        the topic was recreated or truncated. (librdkafka also re-fetches older offsets, e.g.
-        after a broker restart; the log end then lies beyond them and they are ignored.)"""
-        if not self.engine.rewound(tp, offset):
-            return False
-        part = self.engine.partition(tp)
-        try:
-            _, end = self._consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
-        except KafkaException:
-            return False
-        seen = part.offsets.next_offset if part is not None else None
-        return seen is not None and 0 <= end < seen
 
     def _on_consume_error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._PARTITION_EOF:

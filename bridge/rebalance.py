@@ -128,22 +128,26 @@ class RebalanceCallbacks:
         log.warning("lost %s (no commit; the new owner redelivers)", names(tps))
         self._events.on_rebalance(Rebalance.LOST, tps)
 
-    def restart(self, consumer: Any, tp: TP, offset: int) -> None:
-        """``tp`` went back to ``offset`` without a rebalance (topic recreated, log truncated):
-        what was open belongs to a log that is gone; track the partition afresh from here."""
+    def rewound(self, tp: TP, offset: int) -> None:
+        """``tp`` delivered ``offset`` again, behind what it delivered before, without a
+        rebalance. librdkafka does this after a broker restart (the restored high watermark
+        can lag, the fetch position is reset): the records are the same, so they are ignored.
+        A recreated or truncated topic looks the same from here, so it is said once per
+        assignment, counted (``ckb_offset_resets_total``), and left to the operator."""
         part = self._engine.partition(tp)
-        before = None if part is None else part.offsets.next_offset
+        if part is None or part.rewind_reported:
+            return
+        part.rewind_reported = True
         log.warning(
-            "%s[%d] went back from offset %s to %d without a rebalance (topic recreated or log "
-            "truncated?); %d open records of the old log are given up, the new ones processed",
+            "%s[%d] delivered offset %d again after %s without a rebalance: ignored as a "
+            "redelivery. If the topic was recreated or truncated, its new records at these "
+            "offsets are not processed: restart the bridge with a new dedupe_generation after "
+            "resetting the group's offsets",
             tp[0],
             tp[1],
-            before,
             offset,
-            0 if part is None else part.open_count,
+            part.offsets.next_offset,
         )
-        self._forget(consumer, [tp])
-        self._engine.assign(tp, self._intake.policy_for(tp[0]))
         self._events.on_offset_reset(tp)
 
     def _forget(self, consumer: Any, tps: list[TP]) -> None:

@@ -30,6 +30,7 @@ class PartitionWork(Generic[T]):
         "paused_by_total",
         "policy",
         "progress",
+        "rewind_reported",
         "waiting",
     )
 
@@ -50,6 +51,8 @@ class PartitionWork(Generic[T]):
         self.paused = False
         #: the Celery queue its tasks go to (shared with the other partitions routed there)
         self.progress = progress
+        #: an offset behind what was delivered came again (said once per assignment)
+        self.rewind_reported = False
         #: paused because all partitions together reached the total cap, not its own
         self.paused_by_total = False
 
