@@ -341,12 +341,15 @@ class WorkEngine(Generic[T]):
         return job is not None and job.deadline == deadline
 
     # == commits =========================================================================
-    def committable(self, tps: Iterable[TP] | None = None) -> dict[TP, int]:
-        """Commit points that moved past what was last marked committed."""
+    def committable(self, tps: Iterable[TP] | None = None, again: bool = False) -> dict[TP, int]:
+        """Commit points that moved past what was last marked committed (``again``: every
+        current point, moved or not: a broker that lost a commit gets it back)."""
         points: dict[TP, int] = {}
         for tp in self._parts if tps is None else tps:
             part = self._parts.get(tp)
-            point = None if part is None else part.offsets.committable()
+            if part is None:
+                continue
+            point = part.offsets.commit_point() if again else part.offsets.committable()
             if point is not None:
                 points[tp] = point
         return points

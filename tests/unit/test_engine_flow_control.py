@@ -181,3 +181,15 @@ def test_partitions_share_a_queue_s_window_fairly() -> None:
     per_partition = {tp: sum(1 for job in sent if job.tp == tp) for tp in (busy, late)}
     assert per_partition == {busy: 16, late: 16}, "one partition took the whole window"
     assert engine.ready_partitions() == {busy, late}  # both still have records to send
+
+
+def test_committable_again_offers_points_that_did_not_move() -> None:
+    engine: WorkEngine[None] = WorkEngine()
+    tp = ("t", 0)
+    engine.assign(tp, POLICY)
+    (job,) = fill(engine, tp, 1)
+    engine.finish(tp, job.offset, job.epoch)
+    engine.mark_committed(tp, 1)
+    assert engine.committable() == {}
+    assert engine.committable(again=True) == {tp: 1}
+    assert engine.committable([("t", 9)], again=True) == {}

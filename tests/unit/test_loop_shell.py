@@ -599,3 +599,17 @@ def test_a_lost_task_whose_outcome_can_never_be_seen_is_held_not_run_again() -> 
     assert held == ["tasks.t"] * 4
     shell.commit_now()
     assert shell.consumer.committed.get((TOPIC, 0), 0) == 0  # its record stays uncommitted
+
+
+def test_a_commit_the_broker_lost_is_sent_again_within_ten_seconds(shell: Shell) -> None:
+    shell.assign(0)
+    shell.consumer.produce(0, 2)
+    shell.turn(2)
+    for request in list(shell.dispatcher.sent):
+        shell.finish(request)
+    shell.commit_now()
+    assert shell.consumer.committed[(TOPIC, 0)] == 2
+    shell.consumer.committed[(TOPIC, 0)] = 1  # a restarted broker lost the last commit
+    for _ in range(3):
+        shell.commit_now()  # 5 s each
+    assert shell.consumer.committed[(TOPIC, 0)] == 2
