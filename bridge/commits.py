@@ -2,14 +2,16 @@
 
 Commits are asynchronous (they never block the loop, even with Kafka away) except on revoke,
 where the group waits for them. A failed commit un-marks its point so the next turn sends it
-again.
+again. One asynchronous commit at a time: librdkafka retries an unanswered OffsetCommit after a
+reconnect, possibly after a newer one, and the broker keeps whichever came last; waiting for
+each answer keeps the committed offset from ever going back.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
@@ -24,6 +26,9 @@ log = logging.getLogger(__name__)
 
 #: seconds between commits of points that did not move (cheap: one request per partition)
 RECOMMIT_EVERY = 10.0
+#: seconds after which an unanswered asynchronous commit no longer holds back the next one
+#: (librdkafka answers every commit, at the latest when its request times out; this is a net)
+COMMIT_ANSWER_TIMEOUT = 120.0
 
 
 class FatalConsumerError(Exception):
@@ -45,18 +50,27 @@ class CommitReports:
 
 class Committer:
     def __init__(
-        self, consumer: Any, engine: WorkEngine[Any], events: Observers, reports: CommitReports
+        self,
+        consumer: Any,
+        engine: WorkEngine[Any],
+        events: Observers,
+        reports: CommitReports,
+        clock: Callable[[], float],
     ) -> None:
+        self._clock = clock
         self._consumer = consumer
         self._engine = engine
         self._events = events
         self.reports = reports
         #: asynchronous commits sent and not yet answered
         self.pending = 0
+        self._sent_at = 0.0
         self._last = 0.0
         self._last_again = 0.0
 
     def commit_if_due(self, now: float, interval: float) -> None:
+        if self.pending and not self._answer_overdue(now):
+            return  # the next commit goes after the answer to this one (see the module doc)
         if now - self._last >= interval:
             self._last = now
             # every RECOMMIT_EVERY seconds the unchanged points too: a broker restarted before
@@ -65,6 +79,16 @@ class Committer:
             if again:
                 self._last_again = now
             self.commit(sync=False, again=again)
+
+    def _answer_overdue(self, now: float) -> bool:
+        if now - self._sent_at < COMMIT_ANSWER_TIMEOUT:
+            return False
+        log.warning(
+            "no answer to a commit sent %.0fs ago; committing again without waiting",
+            now - self._sent_at,
+        )
+        self.pending = 0
+        return True
 
     def commit(self, sync: bool, tps: Iterable[TP] | None = None, again: bool = False) -> None:
         """Commit the points that moved; asynchronous unless the group is about to move."""
@@ -83,6 +107,7 @@ class Committer:
             self._apply(None, answer or offsets, counted=False)
         else:
             self.pending += 1
+            self._sent_at = self._clock()
 
     def apply_reports(self) -> None:
         while self.reports.reports:

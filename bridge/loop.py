@@ -88,7 +88,7 @@ class ConsumerLoop:
             )
         )
         reports = commit_reports or CommitReports()
-        self._commits = Committer(consumer, self.engine, observers, reports)
+        self._commits = Committer(consumer, self.engine, observers, reports, self._clock)
         self._outcomes = Outcomes(self.engine, dead_letters, watcher, observers, clock)
         self._sender = Sender(
             self.engine, dispatcher, watcher, ledger, self._outcomes, observers, clock

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, TopicPartition
 
-from bridge.commits import CommitReports
+from bridge.commits import COMMIT_ANSWER_TIMEOUT, CommitReports
 from bridge.dead_letters import Failure
 from bridge.dispatch_ledger import Known
 from bridge.dispatcher import PublishError, TaskRequest
@@ -75,6 +75,9 @@ class FakeConsumer:
         self.committed: dict[tuple[str, int], int] = {}
         self.answers: deque[Callable[[], None]] = deque()
         self.fail_next_commit = False
+        #: answers of asynchronous commits held back (Kafka away) until the test releases them
+        self.hold_answers = False
+        self.held: list[Callable[[], None]] = []
         self.callbacks: dict[str, Any] = {}
 
     def produce(self, partition: int, count: int, value: bytes | None = b'{"n": 1}') -> None:
@@ -129,7 +132,8 @@ class FakeConsumer:
         if error is None:
             self.committed.update(points)
         if asynchronous:
-            self.answers.append(lambda: self.reports(error, offsets))
+            queue = self.held if self.hold_answers else self.answers
+            queue.append(lambda: self.reports(error, offsets))
         return offsets
 
     def close(self) -> None:
@@ -613,3 +617,45 @@ def test_a_commit_the_broker_lost_is_sent_again_within_ten_seconds(shell: Shell)
     for _ in range(3):
         shell.commit_now()  # 5 s each
     assert shell.consumer.committed[(TOPIC, 0)] == 2
+
+
+def test_a_commit_waits_for_the_answer_to_the_one_before_it(shell: Shell) -> None:
+    """librdkafka retries an unanswered OffsetCommit after a reconnect and may send it after a
+    newer one: the broker then keeps the older offset (CI's chaos 08 saw 150 -> 30). So one
+    asynchronous commit at a time: the next is sent once the previous one was answered."""
+    shell.assign(0)
+    shell.consumer.produce(0, 2)
+    shell.turn(2)
+    first, second = shell.dispatcher.sent
+    shell.finish(first)
+    shell.consumer.hold_answers = True  # Kafka went away with this commit in flight
+    shell.commit_now()
+    assert shell.consumer.commits[-1] == (True, {(TOPIC, 0): 1})
+    sent = len(shell.consumer.commits)
+    shell.finish(second)
+    for _ in range(4):
+        shell.commit_now()  # 20 s: past the periodic re-commit too
+    assert len(shell.consumer.commits) == sent  # nothing overtakes the unanswered commit
+    shell.consumer.hold_answers = False
+    shell.consumer.answers.extend(shell.consumer.held)  # Kafka is back: the answer arrives
+    shell.commit_now()
+    assert shell.consumer.commits[-1] == (True, {(TOPIC, 0): 2})
+    assert shell.consumer.committed[(TOPIC, 0)] == 2
+
+
+def test_a_commit_never_answered_does_not_stop_commits_for_good(shell: Shell) -> None:
+    shell.assign(0)
+    shell.consumer.produce(0, 2)
+    shell.turn(2)
+    first, second = shell.dispatcher.sent
+    shell.finish(first)
+    shell.consumer.hold_answers = True
+    shell.commit_now()
+    sent = len(shell.consumer.commits)
+    shell.consumer.hold_answers = False  # that answer is never delivered
+    shell.finish(second)
+    shell.commit_now()
+    assert len(shell.consumer.commits) == sent
+    shell.clock.now += COMMIT_ANSWER_TIMEOUT
+    shell.commit_now()
+    assert shell.consumer.commits[-1] == (True, {(TOPIC, 0): 2})
