@@ -11,8 +11,36 @@ from confluent_kafka import KafkaError
 
 from bridge.settings import CLASSIC_ONLY, KafkaSettings
 
-#: librdkafka properties that say how to reach the cluster securely, shared by every client
-_SECURITY_PREFIXES = ("security.", "sasl.", "ssl.")
+#: How to reach and authenticate to the brokers: the global librdkafka properties ("*" in
+#: librdkafka's CONFIGURATION.md) that every client of one cluster needs alike, whatever its
+#: role. Set once under ``kafka.consumer`` (``kafka.producer`` may override them for the
+#: dead-letter producer and its admin client), they reach every client the bridge builds:
+#: consumer, lag monitor, ``ckb status``, dead-letter producer and admin, and the replay's
+#: consumer, producer and admin. Whole families by prefix: TLS (``ssl.*``,
+#: ``enable.ssl.certificate.verification``), SASL (``sasl.*``,
+#: ``enable.sasl.oauthbearer.unsecure.jwt``), the HTTPS trust of an OIDC token endpoint
+#: (``https.*``) and ``security.protocol``.
+CONNECTION_PREFIXES = ("security.", "sasl.", "ssl.", "https.", "enable.ssl.", "enable.sasl.")
+#: ... and, by name, the global properties of the network path: name resolution, address
+#: family, connection set-up and idle close (load balancers), re-bootstrap, and the API
+#: version negotiation that old brokers need. Tuning of one client's requests (timeouts,
+#: retries, buffers, ``debug``, statistics) stays with that client.
+CONNECTION_PROPERTIES = frozenset(
+    {
+        "client.dns.lookup",
+        "broker.address.family",
+        "broker.address.ttl",
+        "socket.connection.setup.timeout.ms",
+        "socket.keepalive.enable",
+        "connections.max.idle.ms",
+        "metadata.recovery.strategy",
+        "metadata.recovery.rebootstrap.trigger.ms",
+        "api.version.request",
+        "api.version.request.timeout.ms",
+        "api.version.fallback.ms",
+        "broker.version.fallback",
+    }
+)
 #: classic protocol: a member learns that its group rebalances from its next heartbeat, and
 #: every round of a rebalance waits for all members to rejoin (cooperative-sticky needs two
 #: rounds to move a partition). librdkafka's 3 s default keeps partitions unowned, and the
@@ -38,6 +66,16 @@ def kafka_error_of(exc: BaseException) -> KafkaError | None:
     """The ``KafkaError`` a ``KafkaException`` (or a future's exception) carries, if any."""
     carried = exc.args[0] if exc.args else None
     return carried if isinstance(carried, KafkaError) else None
+
+
+def connection_settings(properties: dict[str, Any]) -> dict[str, Any]:
+    """The properties among ``properties`` that say how to reach and authenticate to the
+    brokers (:data:`CONNECTION_PREFIXES`, :data:`CONNECTION_PROPERTIES`)."""
+    return {
+        name: value
+        for name, value in properties.items()
+        if name.startswith(CONNECTION_PREFIXES) or name in CONNECTION_PROPERTIES
+    }
 
 
 def client_id(role: str) -> str:
@@ -83,9 +121,12 @@ def producer_config(kafka: KafkaSettings) -> dict[str, Any]:
         "linger.ms": 5,
         # a dead letter is as big as its record: allow more than the 1 MB default
         "message.max.bytes": 16 * 1024 * 1024,
+        # a record that arrived compressed must fit its dead-letter topic again: the broker
+        # checks max.message.bytes against the compressed batch (overridable)
+        "compression.type": "zstd",
     }
-    # security settings of the consumer apply to the producer unless it sets its own
-    config.update({k: v for k, v in kafka.consumer.items() if k.startswith(_SECURITY_PREFIXES)})
+    # connection settings of the consumer apply to the producer unless it sets its own
+    config.update(connection_settings(kafka.consumer))
     config.update(kafka.producer)
     # not overridable: a DLQ write must be durable and never duplicated by a producer retry
     config.update({"enable.idempotence": True, "acks": "all"})
@@ -93,11 +134,12 @@ def producer_config(kafka: KafkaSettings) -> dict[str, Any]:
 
 
 def admin_config(kafka: KafkaSettings) -> dict[str, Any]:
-    """For the dead-letter topics' ``AdminClient``: the DLQ producer's address and security."""
+    """For the dead-letter topics' ``AdminClient``: the DLQ producer's address and connection
+    settings."""
     producer = producer_config(kafka)
     config: dict[str, Any] = {
         "bootstrap.servers": producer["bootstrap.servers"],
         "client.id": client_id("admin"),
     }
-    config.update({k: v for k, v in producer.items() if k.startswith(_SECURITY_PREFIXES)})
+    config.update(connection_settings(producer))
     return config

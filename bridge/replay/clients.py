@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.kafka_clients import client_id, consumer_config, producer_config
+from bridge.kafka_clients import (
+    client_id,
+    connection_settings,
+    consumer_config,
+    producer_config,
+)
 from bridge.settings import KafkaSettings
 
 
@@ -35,11 +40,11 @@ def replay_producer_config(kafka: KafkaSettings) -> dict[str, Any]:
 
 
 def replay_admin_config(kafka: KafkaSettings) -> dict[str, Any]:
-    """For committing the replay group's offsets: the consumer's address and security."""
-    security = ("security.", "sasl.", "ssl.")
+    """For committing the replay group's offsets: the consumer's address and connection
+    settings (:func:`~bridge.kafka_clients.connection_settings`)."""
     config: dict[str, Any] = {
         "bootstrap.servers": kafka.bootstrap_servers,
         "client.id": client_id("replay"),
     }
-    config.update({k: v for k, v in kafka.consumer.items() if k.startswith(security)})
+    config.update(connection_settings(kafka.consumer))
     return config

@@ -167,3 +167,84 @@ def test_kafka_error_of_reads_the_error_an_exception_carries() -> None:
     assert kafka_error_of(KafkaException("a plain message")) is None
     assert kafka_error_of(KafkaException()) is None
     assert kafka_error_of(ValueError(error)) is error  # a future's exception may be any type
+
+
+# -- connection settings reach every client ---------------------------------------------------
+
+#: one of each kind of global ("*") connection property, beyond security.*, sasl.*, ssl.*
+CONNECTION: dict[str, str | int | float | bool] = {
+    "enable.ssl.certificate.verification": False,
+    "client.dns.lookup": "resolve_canonical_bootstrap_servers_only",
+    "enable.sasl.oauthbearer.unsecure.jwt": True,
+    "https.ca.location": "/etc/ssl/idp-ca.pem",
+    "https.ca.pem": "-----BEGIN CERTIFICATE-----",
+    "broker.address.family": "v4",
+    "broker.address.ttl": 30_000,
+    "socket.connection.setup.timeout.ms": 20_000,
+    "socket.keepalive.enable": True,
+    "connections.max.idle.ms": 180_000,
+    "metadata.recovery.strategy": "none",
+    "metadata.recovery.rebootstrap.trigger.ms": 60_000,
+    "ssl.endpoint.identification.algorithm": "none",
+    "sasl.oauthbearer.config": "principal=bridge",
+}
+
+
+def every_client_config(kafka: KafkaSettings) -> dict[str, dict[str, object]]:
+    """Each librdkafka client the bridge builds from the settings, by role."""
+    from bridge.lag import lag_consumer_config
+    from bridge.replay import replay_admin_config, replay_consumer_config, replay_producer_config
+
+    return {
+        "consumer (loop, ckb status)": consumer_config(kafka),
+        "dead-letter producer": producer_config(kafka),
+        "dead-letter admin": admin_config(kafka),
+        "lag monitor": lag_consumer_config(kafka),
+        "replay consumer": replay_consumer_config(kafka, "ckb-replay.d"),
+        "replay producer": replay_producer_config(kafka),
+        "replay admin": replay_admin_config(kafka),
+    }
+
+
+def test_connection_settings_of_the_consumer_reach_every_client() -> None:
+    kafka = KafkaSettings(consumer={**SECURITY, **CONNECTION, "fetch.min.bytes": 9})
+    for role, config in every_client_config(kafka).items():
+        for name, value in {**SECURITY, **CONNECTION}.items():
+            assert config.get(name) == value, f"{role} lacks {name}"
+
+
+def test_tuning_properties_stay_with_their_client() -> None:
+    tuning = {"fetch.min.bytes": 9, "socket.timeout.ms": 5_000, "debug": "cgrp", "retries": 7}
+    kafka = KafkaSettings(consumer=tuning)
+    config = every_client_config(kafka)
+    for role in ("dead-letter producer", "dead-letter admin", "replay admin"):
+        assert not set(tuning) & set(config[role]), role
+
+
+def test_the_producer_connection_settings_win_for_the_producer_and_its_admin() -> None:
+    kafka = KafkaSettings(
+        consumer={"client.dns.lookup": "use_all_dns_ips", "https.ca.location": "/a.pem"},
+        producer={"https.ca.location": "/b.pem"},
+    )
+    assert admin_config(kafka)["https.ca.location"] == "/b.pem"
+    assert producer_config(kafka)["https.ca.location"] == "/b.pem"
+    assert admin_config(kafka)["client.dns.lookup"] == "use_all_dns_ips"
+
+
+def test_librdkafka_knows_every_named_connection_property() -> None:
+    """A misspelt name in the list would pass every config test above, so let librdkafka
+    judge: it refuses unknown properties when a client is built (no connection is made)."""
+    from confluent_kafka.admin import AdminClient
+
+    from bridge.kafka_clients import CONNECTION_PROPERTIES
+
+    values = {
+        "client.dns.lookup": "use_all_dns_ips",
+        "broker.address.family": "any",
+        "metadata.recovery.strategy": "rebootstrap",
+        "broker.version.fallback": "0.10.0",
+    }
+    config = {name: values.get(name, "1000") for name in CONNECTION_PROPERTIES}
+    for flag in ("socket.keepalive.enable", "api.version.request"):
+        config[flag] = "true"
+    AdminClient({"bootstrap.servers": "127.0.0.1:9", **config})
