@@ -4,6 +4,10 @@ One kombu producer is reused for the life of the bridge, and a batch of task mes
 out inside ``Producer.batch()`` so Redis sees one pipelined write instead of one round trip
 per task. The bridge does not call ``send_task``: that would SUBSCRIBE to every task's result
 channel; the result watcher listens for all of them instead.
+
+Each message is encoded (:meth:`Dispatcher.encode`) before the batch, one by one: a message
+that cannot be encoded is that record's problem alone (it is dead-lettered) and can never fail
+the batch. The batch publish then does only I/O, and only I/O errors are retried.
 """
 
 from __future__ import annotations
@@ -14,10 +18,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import kombu.exceptions
+import redis.exceptions
+from kombu.serialization import dumps
+from kombu.utils.json import dumps as json_dumps
 
 from bridge.io_retry import OutageLog, retry_io
 
 log = logging.getLogger(__name__)
+
+#: what a broker that is away, slow or full raises; anything else is not retried (a retry
+#: cannot fix it) and the batch goes back to the loop at once
+BROKER_IO_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    redis.exceptions.RedisError,
+    kombu.exceptions.OperationalError,
+    kombu.exceptions.ConnectionError,
+    kombu.exceptions.ChannelError,
+    kombu.exceptions.BatchPublishError,
+    kombu.exceptions.LimitExceeded,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +51,17 @@ class TaskRequest:
     label: str
     #: Celery's ``retries`` of the message: a re-sent task keeps the retry budget it used
     retries: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedTask:
+    """A task message serialized ahead of the batch: publishing it can only fail on I/O."""
+
+    request: TaskRequest
+    #: Celery's ``(headers, properties, body, sent_event)`` with ``body`` already bytes
+    message: Any
+    content_type: str
+    content_encoding: str
 
 
 class PublishError(Exception):
@@ -77,50 +107,65 @@ class Dispatcher:
             self._declared.add(name)
         return []
 
-    def _publish_once(self, requests: Sequence[TaskRequest]) -> None:
+    def encode(self, request: TaskRequest) -> EncodedTask:
+        """The task message of ``request``, serialized; raises whatever the serializer raises
+        for this one message (deep nesting, a value the serializer cannot take, ...)."""
+        message = self._app.amqp.create_task_message(
+            request.task_id,
+            request.name,
+            request.args,
+            request.kwargs,
+            argsrepr=request.label,
+            kwargsrepr="{}",
+            retries=request.retries,
+        )
+        headers, properties, body, sent_event = message
+        serializer = self._app.conf.task_serializer
+        content_type, content_encoding, data = dumps(body, serializer)  # type: ignore[no-untyped-call]
+        # the transport writes headers into a JSON envelope: check them here, not mid-batch
+        json_dumps({**headers, **request.headers}).encode("utf-8")  # type: ignore[no-untyped-call]
+        return EncodedTask(
+            request, (headers, properties, data, sent_event), content_type, content_encoding
+        )
+
+    def _publish_once(self, tasks: Sequence[EncodedTask]) -> None:
         producer = self._ensure_producer()
         amqp = self._app.amqp
         try:
             with producer.batch(max_size=self._batch_size):
-                for request in requests:
-                    message = amqp.create_task_message(
-                        request.task_id,
-                        request.name,
-                        request.args,
-                        request.kwargs,
-                        argsrepr=request.label,
-                        kwargsrepr="{}",
-                        retries=request.retries,
-                    )
+                for task in tasks:
+                    request = task.request
                     amqp.send_task_message(
                         producer,
                         request.name,
-                        message,
+                        task.message,
                         queue=request.queue,
                         headers=request.headers,
                         retry=False,
                         declare=self._declare_once(producer, request.queue),
+                        content_type=task.content_type,
+                        content_encoding=task.content_encoding,
                     )
         except Exception:
             self._reset()
             raise
 
-    def publish(self, requests: Sequence[TaskRequest]) -> None:
-        """Publish all of ``requests``; raises :class:`PublishError` when Redis stays down.
+    def publish(self, tasks: Sequence[EncodedTask]) -> None:
+        """Publish all of ``tasks``; raises :class:`PublishError` when Redis stays down.
 
         A failed batch is published again as a whole: some of its messages may then be sent
         twice (same task id), which the deterministic ids make visible and harmless.
         """
-        if not requests:
+        if not tasks:
             return
         # while the broker is known to be away, one attempt per call: the loop backs off
         # between calls and keeps polling, instead of blocking a turn for ``retry_for``
         retry_for = 0.0 if self._outage.down else self._retry_for
         try:
-            retry_io(self._publish_once, self._outage, retry_for)(requests)
+            retry_io(self._publish_once, self._outage, retry_for, retry_on=BROKER_IO_ERRORS)(tasks)
         except Exception as exc:
             self._outage.failed(exc)
-            raise PublishError(f"publishing {len(requests)} tasks failed: {exc!r}") from exc
+            raise PublishError(f"publishing {len(tasks)} tasks failed: {exc!r}") from exc
         self._outage.recovered()
 
     def queue_depth(self, queue: str | None) -> int | None:

@@ -1,7 +1,10 @@
 """From a consumed record to what the engine should do with it: a job to send, a dead letter,
-or nothing (finish the offset).
+or nothing (finish the offset); and, when its turn comes, the job's Celery call.
 
 Routing, decoding and building the Celery call happen here, on the loop's thread, without I/O.
+A waiting job keeps only its record's bytes (what the byte budgets count): the value is
+decoded when the job is sent, and the decoded call is not kept after the publish (a record
+that decodes to 25 times its size would otherwise hold that memory while it waits).
 """
 
 from __future__ import annotations
@@ -26,11 +29,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Work:
-    """What the loop keeps with each job: the record, its route and its task message."""
+    """What the loop keeps with each job: the record and its route."""
 
     record: Record
     route: Route
-    request: TaskRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,18 +70,12 @@ class Intake:
         route = self._router.match(record.topic)
         if route is None:
             return self._unrouted(record)
-        try:
-            args, kwargs = build_call(route, record)
-        except DecodeError as exc:
-            # per record: DEBUG only; the DLQ record and the counters carry it
-            log.debug("cannot decode %s: %s", record.coordinates(), exc)
-            return Rejected(
+        if record.headers_unreadable:
+            return rejected(
                 route,
-                Failure(
-                    reason=Reason(exc.reason),
-                    task_name=route.task,
-                    error_class=type(exc).__name__,
-                    error_message=str(exc),
+                DecodeError(
+                    "a header name is not valid UTF-8, so the record's headers cannot be read "
+                    "(they are not in this dead letter); fix the producer"
                 ),
             )
         settings = self._settings
@@ -91,17 +87,25 @@ class Intake:
             record.timestamp_ms,
             settings.dedupe_generation,
         )
-        request = TaskRequest(
-            task_id=task_id,
+        return Job(record.tp, record.offset, record.key, epoch, task_id, Work(record, route))
+
+    @staticmethod
+    def request_for(job: Job[Work]) -> TaskRequest:
+        """The job's task message; raises :class:`DecodeError` when its record does not fit
+        its route (the value is decoded here, when the job is sent)."""
+        record, route = job.item.record, job.item.route
+        args, kwargs = build_call(route, record)
+        return TaskRequest(
+            task_id=job.task_id,
             name=route.task,
             args=args,
             kwargs=kwargs,
             queue=route.queue,
-            headers={**kafka_headers(record), **trace_headers(record.headers, task_id)},
+            headers={**kafka_headers(record), **trace_headers(record.headers, job.task_id)},
             label=f"<kafka {record.coordinates()}>",
+            # a re-sent copy starts where the lost one was: its retry budget is not reset
+            retries=job.retries_seen,
         )
-        work = Work(record, route, request)
-        return Job(record.tp, record.offset, record.key, epoch, task_id, work)
 
     def _unrouted(self, record: Record) -> Rejected | None:
         if self._settings.unrouted == "skip" or record.topic.endswith(DLQ_SUFFIX):
@@ -114,3 +118,28 @@ class Intake:
                 error_message=f"no route matches topic {record.topic!r}; add one under routes:",
             ),
         )
+
+
+def rejected(route: Route | None, error: Exception) -> Rejected:
+    """The dead letter of a record that cannot become a task: ``decode_error`` with what was
+    wrong (never the payload). A :class:`DecodeError` is the record's fault; anything else
+    raised while building its message is the bridge's (or kombu's) limit or bug, named as such.
+    """
+    if isinstance(error, DecodeError):
+        reason, error_class, message = Reason(error.reason), type(error).__name__, str(error)
+    else:
+        reason, error_class = Reason.DECODE_ERROR, f"BridgeError.{type(error).__name__}"
+        message = (
+            f"the bridge could not turn this record into a task message ({type(error).__name__});"
+            " its log has where (ERROR, with the record's coordinates); replay the letter once"
+            " the cause is fixed"
+        )
+    return Rejected(
+        route,
+        Failure(
+            reason=reason,
+            task_name=route.task if route else "",
+            error_class=error_class,
+            error_message=message,
+        ),
+    )

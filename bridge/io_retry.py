@@ -6,7 +6,14 @@ import logging
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
-from tenacity import RetryCallState, Retrying, stop_after_delay, wait_exponential, wait_random
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+    wait_random,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -37,8 +44,10 @@ def retry_io(
     retry_for: float,
     initial: float = 0.1,
     maximum: float = 2.0,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
 ) -> Callable[P, T]:
-    """``func`` retried with exponential backoff and jitter for up to ``retry_for`` seconds."""
+    """``func`` retried with exponential backoff and jitter for up to ``retry_for`` seconds,
+    on the exceptions in ``retry_on`` only (the others are raised at once)."""
 
     def before_sleep(state: RetryCallState) -> None:
         outcome = state.outcome
@@ -50,6 +59,7 @@ def retry_io(
         # DeprecationWarning (9.2 renamed wait_exponential_jitter's ``initial``)
         wait=wait_exponential(multiplier=initial, max=maximum) + wait_random(0, initial),
         before_sleep=before_sleep,
+        retry=retry_if_exception_type(retry_on),
         reraise=True,
     )
 

@@ -28,7 +28,7 @@ from bridge.dead_letters import DeadLetterWriter
 from bridge.dispatch_ledger import DispatchLedger
 from bridge.dispatcher import Dispatcher
 from bridge.events import Observers, PartitionState
-from bridge.intake import Intake, Rejected, Work
+from bridge.intake import Intake, Rejected, Work, rejected
 from bridge.lost_tasks import LostTasks
 from bridge.outcomes import Outcomes
 from bridge.rebalance import RebalanceCallbacks, running_tasks, still_in_flight
@@ -151,6 +151,7 @@ class ConsumerLoop:
             self._sender.observe_queues()
             self._events.on_snapshot(self.snapshot())
             self._events.on_windows(queue_windows(self.engine))
+            self._events.on_dead_letter_state(self._dlq.state())
 
     def _fetch(self, timeout: float) -> list[Any]:
         """Wait for the first record only, then take what is already fetched (no 50 ms wait
@@ -177,7 +178,7 @@ class ConsumerLoop:
         running = running_tasks(self.engine, owned)
         markers = self.settings.results.dispatch_markers
         grace_end = began + self.settings.limits.shutdown_grace
-        while self._dlq.pending or (
+        while self._dlq.pending_for() or (
             still_in_flight(self.engine, running) if markers else self.engine.in_flight
         ):
             if self.hurry or self._clock() >= grace_end:
@@ -233,7 +234,11 @@ class ConsumerLoop:
         self._events.on_consumed(record)
         if self.settings.logging.debug_payloads:  # opt-in only: payloads may be personal data
             log.debug("record %s value %r", record.coordinates(), (record.value or b"")[:2048])
-        read = self._intake.read(record, epoch)
+        try:
+            read = self._intake.read(record, epoch)
+        except Exception as exc:  # a bug of ours for this one record: its dead letter says so
+            log.exception("reading %s failed; dead-lettering it", record.coordinates())
+            read = rejected(self._router.match(record.topic), exc)
         if isinstance(read, Job):
             self.engine.enqueue(read)
         elif isinstance(read, Rejected):

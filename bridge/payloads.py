@@ -7,9 +7,9 @@ says what was wrong in words a user can act on and never quotes the payload itse
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
+from bridge import strict_json
 from bridge.core.vocabulary import Reason
 from bridge.records import Record
 from bridge.settings import Route
@@ -51,12 +51,9 @@ def decode_value(route: Route, value: bytes | None) -> Any:
     if route.payload == "text":
         return text
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DecodeError(
-            f"value is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
-            "use payload: text to receive it as a string"
-        ) from None
+        return strict_json.loads(value, text, route.max_json_depth)
+    except strict_json.RejectedJSONError as exc:
+        raise DecodeError(f"value is {exc}; use payload: text to receive it as a string") from None
 
 
 def text_of(data: bytes | None) -> str | None:

@@ -31,19 +31,35 @@ class Record:
     value: bytes | None
     headers: tuple[tuple[str, bytes | None], ...]
     timestamp_ms: int
+    #: the headers could not be read (confluent-kafka raises on a header name that is not
+    #: UTF-8); such a record is dead-lettered, without its headers
+    headers_unreadable: bool = False
 
     @classmethod
     def from_message(cls, message: KafkaMessage) -> Record:
         _, timestamp = message.timestamp()
+        try:
+            headers, unreadable = tuple(message.headers() or ()), False
+        except Exception:  # SystemError from confluent-kafka's C code on a non-UTF-8 name
+            headers, unreadable = (), True
         return cls(
             topic=message.topic() or "",
             partition=message.partition() or 0,
             offset=message.offset() or 0,
             key=message.key(),
             value=message.value(),
-            headers=tuple(message.headers() or ()),
+            headers=headers,
             timestamp_ms=timestamp,
+            headers_unreadable=unreadable,
         )
+
+    @property
+    def size(self) -> int:
+        """Bytes the record holds (value, key, headers): what the byte budgets count."""
+        size = len(self.value or b"") + len(self.key or b"")
+        for name, data in self.headers:
+            size += len(name) + len(data or b"")
+        return size
 
     @property
     def tp(self) -> TP:

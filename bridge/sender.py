@@ -3,21 +3,27 @@
 A job whose task id the ledger already knows is not sent again: a final result concludes it
 (a restart, an earlier owner), a dispatch marker means an earlier owner's task is still on its
 way, so it is watched instead. A refused publish puts the jobs back and backs off.
+
+Each job's message is built and encoded on its own before the publish: a record whose value
+does not decode, or whose message cannot be encoded, is dead-lettered alone (``decode_error``)
+and the others go out. Whatever a single record makes the bridge raise here ends the same way,
+so no record can stop the loop or, being redelivered, crash-loop the group.
 """
 
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 
 from bridge.core.engine import WorkEngine
 from bridge.core.jobs import Job
 from bridge.dispatch_ledger import DispatchLedger
-from bridge.dispatcher import Dispatcher, PublishError
+from bridge.dispatcher import Dispatcher, EncodedTask, PublishError
 from bridge.events import Observers
-from bridge.intake import Work
+from bridge.intake import Intake, Work, rejected
 from bridge.outcomes import Outcomes
+from bridge.payloads import DecodeError
 from bridge.results import ResultWatcher
 from bridge.settings import Route
 
@@ -65,13 +71,15 @@ class Sender:
                 self._engine.started([job], self._clock())
             else:
                 fresh.append(job)
-        if not fresh:
+        encoded = self._encode(fresh)
+        if not encoded:
             return
-        if not self._publish([job.item for job in fresh]):
-            self._engine.put_back(fresh)
+        sent = [job for job, _ in encoded]
+        if not self._publish(encoded):
+            self._engine.put_back(sent)
             return
-        self._engine.started(fresh, self._clock())
-        for job in fresh:
+        self._engine.started(sent, self._clock())
+        for job in sent:
             self._events.on_dispatched(job.item.record, job.item.route.task, False)
 
     def resend(self, job: Job[Work]) -> bool:
@@ -83,13 +91,13 @@ class Sender:
             if self._engine.complete(job.task_id, self._clock()) is not None:
                 self._outcomes.conclude(job, final)
             return True
-        # the copy starts where the lost one was: its retry budget is not reset
-        work = job.item
-        again = Work(work.record, work.route, replace(work.request, retries=job.retries_seen))
-        if not self._publish([again]):
+        encoded = self._encode([job])
+        if not encoded:
+            return True  # dead-lettered instead (cannot happen for a message sent before)
+        if not self._publish(encoded):
             return False
         self._engine.resent(job, self._clock())
-        self._events.on_dispatched(work.record, work.route.task, True)
+        self._events.on_dispatched(job.item.record, job.item.route.task, True)
         return True
 
     def observe_queues(self) -> None:
@@ -101,16 +109,42 @@ class Sender:
                 if depth is not None:
                     self._engine.observe_depth(name, depth, now)
 
-    def _publish(self, work: list[Work]) -> bool:
+    def _encode(self, jobs: list[Job[Work]]) -> list[tuple[Job[Work], EncodedTask]]:
+        """Each job's encoded message; a job whose record cannot become one is dead-lettered
+        (its decoded call lives only until its message is encoded)."""
+        encoded = []
+        for job in jobs:
+            try:
+                encoded.append((job, self._dispatcher.encode(Intake.request_for(job))))
+            except Exception as exc:  # this record's fault, or a limit of ours: its alone
+                if not isinstance(exc, DecodeError):
+                    where = "".join(traceback.format_tb(exc.__traceback__))
+                    # the type and the frames only: an exception's text may quote the payload
+                    log.error(
+                        "cannot build the task message of %s (%s), dead-lettering it:\n%s",
+                        job.item.record.coordinates(),
+                        type(exc).__name__,
+                        where,
+                    )
+                if job.dispatches:  # a re-send: out of flight first
+                    self._watcher.unwatch(job.task_id)
+                    self._engine.complete(job.task_id, self._clock())
+                else:
+                    self._engine.settled(job)
+                failure = rejected(job.item.route, exc).failure
+                self._outcomes.dead_letter(job.item.record, job.item.route, job.epoch, failure)
+        return encoded
+
+    def _publish(self, encoded: list[tuple[Job[Work], EncodedTask]]) -> bool:
         """Send tasks (watched first, so no result is missed) and mark them in the ledger."""
-        self._watcher.watch(w.request.task_id for w in work)
+        self._watcher.watch(job.task_id for job, _ in encoded)
         try:
-            self._dispatcher.publish([w.request for w in work])
+            self._dispatcher.publish([task for _, task in encoded])
         except PublishError as exc:
             log.warning("%s; will retry", exc)
             self._backoff_until = self._clock() + PUBLISH_BACKOFF
             return False
-        for route, ids in _by_route(work):
+        for route, ids in _by_route(job for job, _ in encoded):
             self._ledger.mark(ids, marker_ttl(route))
         return True
 
@@ -120,9 +154,10 @@ def marker_ttl(route: Route) -> float:
     return route.task_timeout * (route.max_redispatch + 2)
 
 
-def _by_route(work: Iterable[Work]) -> list[tuple[Route, list[str]]]:
+def _by_route(jobs: Iterable[Job[Work]]) -> list[tuple[Route, list[str]]]:
     """Task ids per route: each route's markers live as long as its own timeouts need."""
     ids: dict[int, tuple[Route, list[str]]] = {}
-    for item in work:
-        ids.setdefault(id(item.route), (item.route, []))[1].append(item.request.task_id)
+    for job in jobs:
+        route = job.item.route
+        ids.setdefault(id(route), (route, []))[1].append(job.task_id)
     return list(ids.values())

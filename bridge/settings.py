@@ -20,6 +20,7 @@ from pydantic_settings import (
 )
 
 from bridge.core.vocabulary import default_dlq_topic
+from bridge.strict_json import DEPTH_CEILING
 
 CallMode = Literal["arg", "kwargs", "envelope"]
 PayloadCodec = Literal["json", "text", "bytes"]
@@ -100,6 +101,8 @@ class Route(Strict):
     dlq_topic: str | None = None
     #: a bigger value goes to the DLQ (decode_error) instead of into a Celery message
     max_payload_bytes: int = Field(default=1_048_576, ge=1)
+    #: deeper JSON goes to the DLQ (decode_error); Python's codec is unsafe past ~500
+    max_json_depth: int = Field(default=64, ge=1, le=DEPTH_CEILING)
 
     @field_validator("topic")
     @classmethod

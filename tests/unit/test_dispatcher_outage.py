@@ -7,22 +7,38 @@ import time
 
 import pytest
 
-from bridge.dispatcher import Dispatcher, PublishError, TaskRequest
+from bridge.dispatcher import Dispatcher, EncodedTask, PublishError, TaskRequest
 
 
 class Unreachable:
     """A Celery app whose broker refuses every connection."""
+
+    error: Exception = ConnectionRefusedError("broker away")
 
     def __init__(self) -> None:
         self.attempts = 0
 
     def connection_for_write(self) -> None:
         self.attempts += 1
-        raise ConnectionRefusedError("broker away")
+        raise self.error
 
 
-def request() -> TaskRequest:
-    return TaskRequest("id-1", "tasks.t", [1], {}, None, {}, "<kafka t[0]@0>")
+class Broken(Unreachable):
+    """A failure no retry can fix (a bug, a message kombu cannot take)."""
+
+    error = TypeError("not an I/O error")
+
+
+def request() -> EncodedTask:
+    plain = TaskRequest("id-1", "tasks.t", [1], {}, None, {}, "<kafka t[0]@0>")
+    return EncodedTask(plain, None, "application/json", "utf-8")
+
+
+def test_only_io_errors_are_retried() -> None:
+    app = Broken()
+    with pytest.raises(PublishError):
+        Dispatcher(app, retry_for=5.0).publish([request()])
+    assert app.attempts == 1
 
 
 def test_the_first_failure_retries_briefly_then_each_call_tries_once() -> None:

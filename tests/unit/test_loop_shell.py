@@ -16,9 +16,9 @@ import pytest
 from confluent_kafka import KafkaError, TopicPartition
 
 from bridge.commits import COMMIT_ANSWER_TIMEOUT, CommitReports
-from bridge.dead_letters import Failure
+from bridge.dead_letters import DeadLetterState, Failure
 from bridge.dispatch_ledger import Known
-from bridge.dispatcher import PublishError, TaskRequest
+from bridge.dispatcher import EncodedTask, PublishError, TaskRequest
 from bridge.events import Observer, Observers
 from bridge.loop import ConsumerLoop
 from bridge.records import Record
@@ -157,10 +157,13 @@ class FakeDispatcher:
         self.sent: list[TaskRequest] = []
         self.refuse = False
 
-    def publish(self, requests: list[TaskRequest]) -> None:
+    def encode(self, request: TaskRequest) -> EncodedTask:
+        return EncodedTask(request, None, "application/json", "utf-8")
+
+    def publish(self, tasks: list[EncodedTask]) -> None:
         if self.refuse:
             raise PublishError("broker away")
-        self.sent.extend(requests)
+        self.sent.extend(task.request for task in tasks)
 
     def queue_depth(self, queue: str | None) -> int:
         return self.depth
@@ -197,6 +200,12 @@ class FakeDeadLetters:
     @property
     def pending(self) -> int:
         return len(self.letters)
+
+    def pending_for(self, tps: Any = None) -> int:
+        return sum(tps is None or item[0].tp in tps for item in self.letters)
+
+    def state(self) -> DeadLetterState:
+        return DeadLetterState(pending={("orders.dlq", "writing"): len(self.letters)})
 
     def poll(self) -> None:
         pass
@@ -502,19 +511,25 @@ def test_dispatch_markers_live_as_long_as_each_record_s_route_needs() -> None:
     shell = make_shell()
     marks: list[tuple[list[str], float]] = []
     shell.ledger.mark = lambda ids, ttl: marks.append((list(ids), ttl))  # type: ignore[method-assign]
+    from bridge.core.jobs import Job
     from bridge.intake import Work
     from bridge.sender import _by_route
 
     records = [Record(t, 0, 0, None, b"{}", (), 1) for t in ("orders", "other")]
-    work = [
-        Work(rec, route, TaskRequest(f"id-{rec.topic}", route.task, [], {}, None, {}, ""))
+    jobs = [
+        Job(rec.tp, 0, None, 1, f"id-{rec.topic}", Work(rec, route))
         for rec, route in zip(records, settings.routes, strict=True)
     ]
-    assert [(r.task, ids) for r, ids in _by_route(work)] == [
+    assert [(r.task, ids) for r, ids in _by_route(jobs)] == [
         ("a", ["id-orders"]),
         ("b", ["id-other"]),
     ]
-    shell.loop._sender._publish(work)
+    shell.loop._sender._publish(
+        [
+            (job, shell.dispatcher.encode(TaskRequest(job.task_id, "t", [], {}, None, {}, "")))
+            for job in jobs
+        ]
+    )
     assert sorted(marks) == [(["id-orders"], 20.0), (["id-other"], 300.0)]
 
 
@@ -659,3 +674,84 @@ def test_a_commit_never_answered_does_not_stop_commits_for_good(shell: Shell) ->
     shell.clock.now += COMMIT_ANSWER_TIMEOUT
     shell.commit_now()
     assert shell.consumer.commits[-1] == (True, {(TOPIC, 0): 2})
+
+
+# == one record can never stop the others (issue 10) ==================================
+
+
+class Unencodable(FakeDispatcher):
+    """A broker codec that cannot take the message of the record at partition 0, offset 1."""
+
+    def encode(self, request: TaskRequest) -> EncodedTask:
+        if (request.headers["ckb_partition"], request.headers["ckb_offset"]) == (0, 1):
+            raise RecursionError("maximum recursion depth exceeded while encoding")
+        return super().encode(request)
+
+
+def test_a_message_that_cannot_be_encoded_is_dead_lettered_alone() -> None:
+    shell = make_shell()
+    shell.dispatcher.__class__ = Unencodable
+    shell.assign(0, 1)
+    shell.consumer.produce(0, 3)
+    shell.consumer.produce(1, 2)
+    shell.turn(2)
+    assert sorted(
+        (r.headers["ckb_partition"], r.headers["ckb_offset"]) for r in shell.dispatcher.sent
+    ) == [
+        (0, 0),
+        (0, 2),
+        (1, 0),
+        (1, 1),
+    ]
+    ((record, failure, _, _),) = shell.dead_letters.letters
+    assert (record.partition, record.offset) == (0, 1)
+    assert failure.reason == "decode_error"
+    assert failure.error_class == "BridgeError.RecursionError"
+    for request in shell.dispatcher.sent:
+        shell.finish(request)
+    shell.turn()
+    shell.dead_letters.acknowledge_all()
+    shell.commit_now()
+    assert shell.consumer.committed[(TOPIC, 0)] == 3
+
+
+def test_a_value_that_decodes_but_nests_too_deep_is_dead_lettered_when_its_turn_comes() -> None:
+    shell = make_shell()
+    shell.assign(0)
+    shell.consumer.produce(0, 1, value=b"[" * 990 + b"]" * 990)
+    shell.consumer.produce(0, 1, value=b"1" * 100_000)
+    shell.consumer.produce(0, 1)
+    shell.turn(2)
+    assert [r.headers["ckb_offset"] for r in shell.dispatcher.sent] == [2]
+    assert [letter[1].reason for letter in shell.dead_letters.letters] == ["decode_error"] * 2
+    assert "max_json_depth" in shell.dead_letters.letters[0][1].error_message
+
+
+def test_a_record_whose_headers_cannot_be_read_is_dead_lettered(shell: Shell) -> None:
+    class BadHeaders(Message):
+        def headers(self) -> None:
+            raise SystemError("returned a result with an exception set")
+
+    shell.assign(0)
+    shell.consumer.log[(TOPIC, 0)] = [BadHeaders(TOPIC, 0, 0), Message(TOPIC, 0, 1)]
+    shell.turn(2)
+    assert [r.headers["ckb_offset"] for r in shell.dispatcher.sent] == [1]
+    ((_, failure, _, _),) = shell.dead_letters.letters
+    assert "header name is not valid UTF-8" in failure.error_message
+
+
+def test_a_bug_reading_one_record_dead_letters_it_and_the_loop_goes_on(shell: Shell) -> None:
+    original = shell.loop._intake.read
+
+    def buggy(record: Record, epoch: int) -> Any:
+        if record.offset == 0:
+            raise KeyError("a bug")
+        return original(record, epoch)
+
+    shell.loop._intake.read = buggy  # type: ignore[method-assign]
+    shell.assign(0)
+    shell.consumer.produce(0, 2)
+    shell.turn(2)
+    assert [r.headers["ckb_offset"] for r in shell.dispatcher.sent] == [1]
+    ((_, failure, _, _),) = shell.dead_letters.letters
+    assert failure.error_class == "BridgeError.KeyError"

@@ -188,3 +188,39 @@ def test_text_of() -> None:
     assert text is not None
     assert text.startswith("base64:")
     assert base64.b64decode(text.removeprefix("base64:")) == binary
+
+
+# -- hostile values: every one a DecodeError naming what is wrong, never another exception ----
+
+HOSTILE = {
+    "arrays 3000 deep": b"[" * 3000 + b"]" * 3000,
+    "objects 3000 deep": b'{"a":' * 3000 + b"1" + b"}" * 3000,
+    "arrays 990 deep (decodes, breaks the encoder)": b"[" * 990 + b"]" * 990,
+    "100,000-digit integer": b"1" * 100_000,
+    "NaN": b"NaN",
+    "-Infinity inside": b'{"x": -Infinity}',
+    "float overflow": b'{"x": 1e999}',
+    "lone surrogate escape": b'{"x": "\\ud800"}',
+    "invalid UTF-8": b'{"x": "\xff"}',
+    "empty": b"",
+    "NUL byte": b'{"x": "\x00"}',
+}
+
+
+@pytest.mark.parametrize("value", list(HOSTILE.values()), ids=list(HOSTILE))
+def test_a_hostile_json_value_is_a_decode_error(value: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_value(route("json"), value)
+
+
+def test_nesting_up_to_max_json_depth_is_accepted_one_deeper_is_not() -> None:
+    strict = Route(topic="orders", task="tasks.x", max_json_depth=5)
+    assert decode_value(strict, b"[[[[[1]]]]]") == [[[[[1]]]]]
+    with pytest.raises(DecodeError, match="max_json_depth"):
+        decode_value(strict, b"[[[[[[1]]]]]]")
+    # brackets inside strings are text, not nesting
+    assert decode_value(strict, b'["[[[[[[[[[[[[["]') == ["[[[[[[[[[[[[["]
+
+
+def test_a_paired_surrogate_escape_is_one_character() -> None:
+    assert decode_value(route("json"), b'{"x": "\\ud83d\\ude00"}') == {"x": "\U0001f600"}
