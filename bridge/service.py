@@ -27,6 +27,7 @@ from bridge.kafka_clients import admin_config, consumer_config, producer_config
 from bridge.lag import LagMonitor
 from bridge.loop import CommitReports, ConsumerLoop
 from bridge.metrics import PrometheusObserver
+from bridge.redis_clients import result_backend_params
 from bridge.results import ResultWatcher, json_decoder
 from bridge.settings import Settings
 from bridge.worker_probe import WorkerCheck
@@ -78,10 +79,12 @@ class Bridge:
 
 def build_bridge(settings: Settings, observers: list[Observer] | None = None) -> Bridge:
     app = make_celery_app(settings.celery)
-    backend = settings.celery.result_backend
+    # the watcher's and the ledger's clients: the result backend's TLS settings as Celery
+    # reads them (rediss:// URL parameters, redis_backend_use_ssl); raises ConfigError
+    backend_params = result_backend_params(app)
 
     def redis_client() -> redis.Redis:
-        return redis.Redis.from_url(backend, socket_timeout=10, socket_connect_timeout=5)
+        return redis.Redis(connection_pool=redis.ConnectionPool(**backend_params))
 
     # plain json.loads reads every field the bridge uses, at a fraction of Celery's decode cost
     decoder = json_decoder if app.conf.result_serializer == "json" else app.backend.decode

@@ -1,0 +1,60 @@
+"""The bridge's own Redis clients (result watcher, dispatch ledger), connected to the result
+backend exactly as Celery connects to it.
+
+Celery's Redis result backend reads ``result_backend`` and its settings into connection
+parameters: TLS from a ``rediss://`` URL's ``ssl_cert_reqs`` (``CERT_REQUIRED``,
+``required``, …), ``ssl_ca_certs``, ``ssl_certfile`` and ``ssl_keyfile`` parameters, or from
+the ``redis_backend_use_ssl`` setting (``celery.options``) with a ``redis://`` URL; a
+``rediss://`` URL without ``ssl_cert_reqs``, or TLS parameters on a ``redis://`` URL, it
+refuses. The bridge takes those parameters from Celery's own backend object rather than
+parsing the URL a second way (redis-py's ``from_url`` knows neither ``CERT_REQUIRED`` nor
+``redis_backend_use_ssl``), so what the workers honour reaches the watcher, and what Celery
+refuses is a configuration error at start, in Celery's words.
+
+The bridge's own socket timeouts always apply: the dispatch ledger is asked on the consumer
+loop's thread, where no call may block for long.
+
+The bridge talks to the broker only through its Celery app (kombu), which honours
+``broker_use_ssl`` and a ``rediss://`` broker URL itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from bridge.settings import ConfigError
+
+#: seconds; see the module docstring
+SOCKET_TIMEOUT = 10.0
+SOCKET_CONNECT_TIMEOUT = 5.0
+#: Celery's identification of its own connections (``CLIENT SETINFO``): not the bridge's
+_CELERY_ONLY = ("driver_info", "lib_name", "lib_version")
+
+
+def result_backend_params(app: Any) -> dict[str, Any]:
+    """``redis.ConnectionPool`` keyword arguments for the result backend of Celery ``app``.
+
+    Raises :class:`ConfigError` (naming ``celery.result_backend``, never its password) for
+    TLS settings Celery refuses.
+    """
+    url = str(app.conf.result_backend)
+    if url.startswith("unix://"):  # no Celery backend reads this: redis-py's own rules
+        params: dict[str, Any] = redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
+    else:
+        try:
+            backend = app.backend
+        except ValueError as exc:  # Celery's checks of the TLS parameters
+            message = " ".join(str(exc).split())
+            raise ConfigError(f"celery.result_backend: {message}") from None
+        params = dict(backend.connparams)
+    for name in _CELERY_ONLY:
+        params.pop(name, None)
+    params.update(socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_CONNECT_TIMEOUT)
+    return params
+
+
+def result_backend_client(app: Any) -> redis.Redis:
+    """A client of the result backend of Celery ``app``, with the TLS settings Celery uses."""
+    return redis.Redis(connection_pool=redis.ConnectionPool(**result_backend_params(app)))
