@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import kombu.exceptions
@@ -62,6 +62,12 @@ class EncodedTask:
     message: Any
     content_type: str
     content_encoding: str
+
+    @property
+    def size(self) -> int:
+        """Bytes of the encoded body."""
+        body = self.message[2] if self.message is not None else b""
+        return len(body)
 
 
 class PublishError(Exception):
@@ -124,8 +130,10 @@ class Dispatcher:
         content_type, content_encoding, data = dumps(body, serializer)  # type: ignore[no-untyped-call]
         # the transport writes headers into a JSON envelope: check them here, not mid-batch
         json_dumps({**headers, **request.headers}).encode("utf-8")  # type: ignore[no-untyped-call]
+        # the decoded call is not kept: the encoded body is all the publish needs
+        bare = replace(request, args=[], kwargs={})
         return EncodedTask(
-            request, (headers, properties, data, sent_event), content_type, content_encoding
+            bare, (headers, properties, data, sent_event), content_type, content_encoding
         )
 
     def _publish_once(self, tasks: Sequence[EncodedTask]) -> None:

@@ -40,6 +40,23 @@ class QueueWindow:
     rate: float  # tasks finished per second, moving average
 
 
+@dataclass(frozen=True)
+class DeadLetterState:
+    """The dead-letter writer as the loop sees it (``DeadLetterWriter.state()``), sampled on
+    the loop's thread about once a second."""
+
+    #: letters not yet acknowledged, by (dead-letter topic, ``writing|retrying|refused``)
+    pending: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: letters written without their value, by dead-letter topic (since start)
+    values_dropped: dict[str, int] = field(default_factory=dict)
+    #: producers replaced after a fatal error (since start)
+    rebuilds: int = 0
+    #: letters not written again because that would loop, by source topic (since start)
+    loops_stopped: dict[str, int] = field(default_factory=dict)
+    #: why the dead letters are stuck, for ``/readyz``; None when they are not
+    problem: str | None = None
+
+
 class Observer:
     """The one observer base: every event the loop reports, as a no-op, so an observer
     overrides only what it watches (metrics, totals, the lag monitor)."""
@@ -78,6 +95,9 @@ class Observer:
 
     def on_unobservable(self, record: Record, task: str) -> None:
         """A lost task was held: its outcome can never be seen (see bridge.worker_probe)."""
+
+    def on_dead_letter_state(self, state: DeadLetterState) -> None:
+        """The dead-letter writer's backlog and totals (each loop snapshot)."""
 
 
 class Observers(Observer):
@@ -130,6 +150,9 @@ class Observers(Observer):
 
     def on_unobservable(self, record: Record, task: str) -> None:
         self._each("on_unobservable", record, task)
+
+    def on_dead_letter_state(self, state: DeadLetterState) -> None:
+        self._each("on_dead_letter_state", state)
 
 
 @dataclass

@@ -14,7 +14,8 @@ probes call them); ``/metrics`` only with ``metrics.enabled``, else it answers 4
 - ``/healthz``: 200 while the consumer loop finished a turn within ``stall_after`` seconds,
   else 503. For a liveness probe: a stuck loop is worth a restart.
 - ``/readyz``: 200 when the loop turns, the bridge is not stopping, the result backend (Redis)
-  is connected and Kafka answered the lag monitor recently; else 503 with the reasons.
+  is connected, Kafka answered the lag monitor recently and no dead letter is stuck (refused
+  by its topic, or unacknowledged for a minute); else 503 with the reasons.
 - ``/status``: the loop's latest per-partition snapshot as JSON, with end offsets and lag
   from the lag monitor (what ``ckb status`` adds in-flight and paused from).
 """
@@ -50,6 +51,8 @@ class Probes:
     kafka_ok: Callable[[], bool]
     clock: Callable[[], float] = time.monotonic
     stall_after: float = STALL_AFTER
+    #: why dead letters are stuck (``DeadLetterWriter.problem``), or None
+    dead_letters: Callable[[], str | None] = lambda: None
 
     def live(self) -> tuple[bool, dict[str, Any]]:
         age = self.clock() - self.last_iteration()
@@ -68,6 +71,9 @@ class Probes:
             reasons.append("redis: result backend not connected")
         if not self.kafka_ok():
             reasons.append("kafka: no answer to the lag monitor recently")
+        stuck = self.dead_letters()
+        if stuck:
+            reasons.append(stuck)
         if reasons:
             return False, {"status": "not ready", "reasons": reasons}
         return True, {"status": "ready"}

@@ -59,6 +59,7 @@ class Intake:
             policy = self._policies[id(route)] = RoutePolicy(
                 ordering=Ordering(route.ordering),
                 max_in_flight=route.max_in_flight,
+                max_in_flight_bytes=route.max_in_flight_bytes,
                 task_timeout=route.task_timeout,
                 max_redispatch=route.max_redispatch,
                 queue=route.queue or "",

@@ -85,6 +85,7 @@ class ConsumerLoop:
                 limits.max_in_flight_total,
                 limits.resume_ratio,
                 max_queue_time=limits.max_queue_time,
+                max_in_flight_bytes_total=limits.max_in_flight_bytes_total,
             )
         )
         reports = commit_reports or CommitReports()
@@ -226,7 +227,7 @@ class ConsumerLoop:
         record = Record.from_message(message)
         if self.stopping:
             return
-        epoch = self.engine.open(record.tp, record.offset, self._clock())
+        epoch = self.engine.open(record.tp, record.offset, self._clock(), record.size)
         if epoch is None and self.engine.rewound(record.tp, record.offset):
             self._rebalance.rewound(record.tp, record.offset)
         if epoch is None:

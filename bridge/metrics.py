@@ -31,6 +31,9 @@ Accounting rules:
   rate its tasks finish at, and its tasks in flight; from the loop's snapshots.
 - ``ckb_tasks_unobservable_total``: each time a lost task was held instead of re-sent because
   the worker check found its outcome can never be seen (``bridge.worker_probe``).
+- ``ckb_dlq_pending_records``, ``ckb_dlq_values_dropped_total``,
+  ``ckb_dlq_producer_rebuilds_total``, ``ckb_dlq_loops_stopped_total``: the dead-letter
+  writer's backlog and totals (:mod:`bridge.dead_letters`), from the loop's snapshots.
 - ``ckb_consumer_lag_records`` comes from :class:`bridge.lag.LagMonitor` (:meth:`set_lag`),
   which reads end offsets with its own client.
 
@@ -56,7 +59,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from bridge.core.vocabulary import TP, Rebalance
-from bridge.events import Observer, PartitionState, QueueWindow
+from bridge.events import DeadLetterState, Observer, PartitionState, QueueWindow
 from bridge.records import Record
 
 #: seconds; from a few milliseconds (a no-op task) to a day (a backlog worked off slowly)
@@ -98,6 +101,7 @@ class Scrape:
     durations: dict[Labels, Histogram]
     latencies: dict[Labels, Histogram]
     windows: list[QueueWindow] = field(default_factory=list)
+    dead_letters: DeadLetterState = field(default_factory=DeadLetterState)
 
 
 @dataclass
@@ -118,6 +122,7 @@ class Values:
     lag: dict[TP, int] = field(default_factory=dict)
     paused: int = 0
     windows: list[QueueWindow] = field(default_factory=list)
+    dead_letter_state: DeadLetterState = field(default_factory=DeadLetterState)
     durations: dict[Labels, Histogram] = field(default_factory=dict)
     latencies: dict[Labels, Histogram] = field(default_factory=dict)
 
@@ -142,6 +147,7 @@ class Values:
             durations={k: h.copy() for k, h in self.durations.items()},
             latencies={k: h.copy() for k, h in self.latencies.items()},
             windows=list(self.windows),
+            dead_letters=self.dead_letter_state,  # frozen, replaced whole
         )
 
     def forget(self, tps: Iterable[TP]) -> None:
@@ -235,6 +241,10 @@ class PrometheusObserver(Observer):
         with self.lock:
             self._values.windows = list(windows)
 
+    def on_dead_letter_state(self, state: DeadLetterState) -> None:
+        with self.lock:
+            self._values.dead_letter_state = state
+
     # == from the lag monitor (its own thread) =========================================
     def set_lag(self, lags: Mapping[TP, int]) -> None:
         """The lag of each partition (:func:`bridge.lag.partition_lag`), for those still
@@ -307,6 +317,7 @@ class _Collector(Collector):
         paused.add_metric([], scrape.paused)
         yield paused
         yield from _window_families(scrape.windows)
+        yield from _dead_letter_families(scrape.dead_letters)
         yield _histogram_family(
             "ckb_task_duration_seconds",
             "Seconds from a record's first dispatch to its task's final state.",
@@ -338,6 +349,38 @@ def _window_families(windows: list[QueueWindow]) -> Iterator[Metric]:
         for window in windows:
             gauge.add_metric([window.queue], float(getattr(window, attribute)))
         yield gauge
+
+
+def _dead_letter_families(state: DeadLetterState) -> Iterator[Metric]:
+    pending = GaugeMetricFamily(
+        "ckb_dlq_pending_records",
+        "Dead letters not yet acknowledged by Kafka (refused: waiting for an operator).",
+        labels=("dlq_topic", "state"),
+    )
+    for (topic, state_name), count in sorted(state.pending.items()):
+        pending.add_metric([topic, state_name], count)
+    yield pending
+    dropped = CounterMetricFamily(
+        "ckb_dlq_values_dropped",
+        "Dead letters too large for their topic, written without their value.",
+        labels=("dlq_topic",),
+    )
+    for topic, count in sorted(state.values_dropped.items()):
+        dropped.add_metric([topic], count)
+    yield dropped
+    rebuilds = CounterMetricFamily(
+        "ckb_dlq_producer_rebuilds", "Dead-letter producers replaced after a fatal error."
+    )
+    rebuilds.add_metric([], state.rebuilds)
+    yield rebuilds
+    loops = CounterMetricFamily(
+        "ckb_dlq_loops_stopped",
+        "Dead letters that failed again and were not written to a topic the bridge consumes.",
+        labels=("topic",),
+    )
+    for topic, count in sorted(state.loops_stopped.items()):
+        loops.add_metric([topic], count)
+    yield loops
 
 
 def _histogram_family(

@@ -105,8 +105,10 @@ class RebalanceCallbacks:
 
     def _wait_for_running(self, tps: list[TP]) -> int:
         """Up to ``revoke_grace``, until the tasks of ``tps`` a worker started or took by now
-        finished (with markers; else every task in flight) and no dead letter is pending;
-        not at all once the bridge stops (shutdown waited already). How many it waited for."""
+        finished (with markers; else every task in flight) and no dead letter of ``tps`` that
+        may still land is pending (another partition's, or one its topic refuses, is not waited
+        for); not at all once the bridge stops (shutdown waited already). How many it waited
+        for."""
         if self._stopping():
             return 0
         awaited = running_tasks(self._engine, tps) if self._markers else None
@@ -117,7 +119,7 @@ class RebalanceCallbacks:
                 if awaited is None
                 else still_in_flight(self._engine, awaited)
             )
-            if not left and not self._dlq.pending:
+            if not left and not self._dlq.pending_for(tps):
                 break
             self._wait_turn()
         return self._engine.in_flight_of(tps) if awaited is None else len(awaited)

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 #: seconds the loop waits before sending again after the broker refused a publish
 PUBLISH_BACKOFF = 1.0
+#: encoded bytes per publish: the rest of a selection waits for the next turn, so the encoded
+#: copies of large records never add up to more than this at once
+PUBLISH_BYTES = 16 * 2**20
 
 
 class Sender:
@@ -112,10 +115,16 @@ class Sender:
     def _encode(self, jobs: list[Job[Work]]) -> list[tuple[Job[Work], EncodedTask]]:
         """Each job's encoded message; a job whose record cannot become one is dead-lettered
         (its decoded call lives only until its message is encoded)."""
-        encoded = []
-        for job in jobs:
+        encoded: list[tuple[Job[Work], EncodedTask]] = []
+        size = 0
+        for index, job in enumerate(jobs):
+            if size >= PUBLISH_BYTES:
+                self._engine.put_back(jobs[index:])  # sent next turn
+                break
             try:
-                encoded.append((job, self._dispatcher.encode(Intake.request_for(job))))
+                task = self._dispatcher.encode(Intake.request_for(job))
+                encoded.append((job, task))
+                size += task.size
             except Exception as exc:  # this record's fault, or a limit of ours: its alone
                 if not isinstance(exc, DecodeError):
                     where = "".join(traceback.format_tb(exc.__traceback__))

@@ -29,6 +29,7 @@ from bridge.loop import CommitReports, ConsumerLoop
 from bridge.metrics import PrometheusObserver
 from bridge.redis_clients import result_backend_params
 from bridge.results import ResultWatcher, json_decoder
+from bridge.routing import Router
 from bridge.settings import Settings
 from bridge.worker_probe import WorkerCheck
 
@@ -99,12 +100,20 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
     # each client's poll(): the loop's consume(), the dead-letter writer's poll() (producer and
     # admin client) and the lag monitor's rounds
     kafka_log = logging.getLogger("bridge.librdkafka")
-    producer = Producer({**producer_config(settings.kafka), "logger": kafka_log})
+
+    def dead_letter_producer() -> Producer:
+        return Producer({**producer_config(settings.kafka), "logger": kafka_log})
+
+    producer = dead_letter_producer()
     admin_settings: dict[str, Any] = {**admin_config(settings.kafka), "logger": kafka_log}
+    router = Router(settings.routes)
     dead_letters = DeadLetterWriter(
         producer,
         settings.kafka.group_id,
         topics=DeadLetterTopics(AdminClient(admin_settings), settings.dead_letters),
+        # a fatal error of the idempotent producer: a new one takes over its letters
+        rebuild=dead_letter_producer,
+        consumes=lambda topic: router.match(topic) is not None,
     )
     dispatcher = Dispatcher(app, batch_size=settings.kafka.poll_batch)
     totals = Totals()
@@ -132,7 +141,7 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
         commit_reports=commit_reports,
     )
     bridge = Bridge(settings, loop, watcher, dispatcher, producer, totals, [results_client.close])
-    bridge.services.extend(ops_services(settings, lag, metrics, loop, watcher))
+    bridge.services.extend(ops_services(settings, lag, metrics, loop, watcher, dead_letters))
     # once, in the background: can the bridge see the outcomes of what it sends?
     bridge.services.append(WorkerCheck(settings, make_celery_app, loop.lost.hold_lost_tasks_of))
     return bridge
@@ -144,6 +153,7 @@ def ops_services(
     metrics: PrometheusObserver | None,
     loop: ConsumerLoop,
     watcher: ResultWatcher,
+    dead_letters: DeadLetterWriter | None = None,
 ) -> list[Service]:
     """The lag monitor and the /healthz, /readyz, /status endpoint, whether or not metrics
     are enabled (the container health check and the probes call them); /metrics with them."""
@@ -152,6 +162,7 @@ def ops_services(
         stopping=lambda: loop.stopping,
         redis_ok=lambda: watcher.healthy,
         kafka_ok=lag.reachable,
+        dead_letters=lambda: dead_letters.problem if dead_letters else None,
     )
     app = OpsApp(
         None if metrics is None else metrics.registry,

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from typing import Generic
 
 from bridge.core.deadlines import Deadlines
-from bridge.core.flow import FlowChange, decide_flow
+from bridge.core.flow import FlowChange, Totals, decide_flow
 from bridge.core.jobs import Job, T
-from bridge.core.partition import PartitionWork
+from bridge.core.partition import PartitionWork, fair_shares
 from bridge.core.policy import Limits, RoutePolicy
 from bridge.core.queues import QueueProgress
 from bridge.core.vocabulary import TP
@@ -47,18 +47,6 @@ def _never(_job: Job[T]) -> bool:
     return False
 
 
-def _fair_shares(wanting: list[PartitionWork[T]]) -> dict[str, int]:
-    """Per queue: its window's free room split evenly over the partitions that want some
-    (rounded up, at least one)."""
-    count: dict[str, int] = defaultdict(int)
-    room: dict[str, int] = {}
-    for part in wanting:
-        assert part.policy is not None
-        count[part.policy.queue] += 1
-        room[part.policy.queue] = part.progress.room()
-    return {name: max(1, -(-room[name] // n)) for name, n in count.items()}
-
-
 class WorkEngine(Generic[T]):
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
@@ -71,6 +59,7 @@ class WorkEngine(Generic[T]):
         self._ready: set[TP] = set()
         self._epochs = 0
         self._open_total = 0
+        self._open_bytes = 0
         self._turn = 0  # select() calls: where its fair round starts
         self._queues: dict[str, QueueProgress] = {}
 
@@ -90,6 +79,7 @@ class WorkEngine(Generic[T]):
         if part is None:
             return None
         self._open_total -= part.open_count
+        self._open_bytes -= part.open_bytes
         for task_id in part.jobs:
             del self._owner[task_id]
             part.progress.left()
@@ -111,12 +101,15 @@ class WorkEngine(Generic[T]):
         return part if part is not None and part.epoch == epoch else None
 
     # == records =========================================================================
-    def open(self, tp: TP, offset: int, now: float) -> int | None:
-        """A consumed record: its epoch, or None (partition not owned, offset already seen)."""
+    def open(self, tp: TP, offset: int, now: float, size: int = 0) -> int | None:
+        """A consumed record of ``size`` bytes: its epoch, or None (partition not owned,
+        offset already seen)."""
         part = self._parts.get(tp)
         if part is None or not part.offsets.add(offset, now):
             return None
         self._open_total += 1
+        part.opened(offset, size)
+        self._open_bytes += size
         return part.epoch
 
     def rewound(self, tp: TP, offset: int) -> bool:
@@ -132,6 +125,7 @@ class WorkEngine(Generic[T]):
         if part is None or not part.offsets.finish(offset):
             return False
         self._open_total -= 1
+        self._open_bytes -= part.closed(offset)
         return True
 
     def enqueue(self, job: Job[T]) -> bool:
@@ -174,7 +168,7 @@ class WorkEngine(Generic[T]):
         # a partition that arrives with many waiting records cannot take a whole window
         self._turn += 1
         start = self._turn % len(wanting)
-        shares = _fair_shares([part for _, part in wanting])
+        shares = fair_shares([part for _, part in wanting])
         for tp, part in wanting[start:] + wanting[:start]:
             assert part.policy is not None
             name = part.policy.queue
@@ -368,12 +362,17 @@ class WorkEngine(Generic[T]):
     # == flow control ====================================================================
     def flow(self) -> FlowChange:
         """Partitions to pause and to resume now (see :func:`bridge.core.flow.decide_flow`)."""
-        return decide_flow(self._parts, self._open_total, self.limits)
+        return decide_flow(self._parts, Totals(self._open_total, self._open_bytes), self.limits)
 
     # == sizes ===========================================================================
     @property
     def open_total(self) -> int:
         return self._open_total
+
+    @property
+    def open_bytes(self) -> int:
+        """Bytes of all open records (what ``max_in_flight_bytes_total`` caps)."""
+        return self._open_bytes
 
     @property
     def in_flight(self) -> int:

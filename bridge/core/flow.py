@@ -19,22 +19,44 @@ class FlowChange:
     resume: list[TP] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """What all partitions hold together: open records and their bytes."""
+
+    records: int
+    size: int
+
+    def full(self, limits: Limits) -> bool:
+        return (
+            self.records >= limits.max_in_flight_total
+            or self.size >= limits.max_in_flight_bytes_total
+        )
+
+    def low(self, limits: Limits) -> bool:
+        ratio = limits.resume_ratio
+        return (
+            self.records <= limits.max_in_flight_total * ratio
+            and self.size <= limits.max_in_flight_bytes_total * ratio
+        )
+
+
 def decide_flow(
-    parts: Mapping[TP, PartitionWork[Any]], open_total: int, limits: Limits
+    parts: Mapping[TP, PartitionWork[Any]], totals: Totals, limits: Limits
 ) -> FlowChange:
-    """Pause partitions at their cap (or all, at the total cap); resume drained ones.
+    """Pause partitions at their caps (or all, at a total cap); resume drained ones.
+
+    A cap is a number of open records or of their bytes, whichever is reached first.
 
     Each partition resumes on its own terms: one paused at its own cap once it drained to
     ``resume_ratio`` of it (whatever the others hold, as long as the total is not full); one
     paused because the total was full once the total drained to ``resume_ratio``. Updates
     each partition's pause flags to what the change does.
     """
-    total_full = open_total >= limits.max_in_flight_total
-    total_low = open_total <= limits.max_in_flight_total * limits.resume_ratio
+    total_full = totals.full(limits)
+    total_low = totals.low(limits)
     change = FlowChange()
     for tp, part in parts.items():
-        count = part.open_count
-        own_full = count >= part.cap
+        own_full = part.full
         if not part.paused:
             if own_full or total_full:
                 part.paused = True
@@ -43,8 +65,7 @@ def decide_flow(
             continue
         if part.paused_by_total and own_full:
             part.paused_by_total = False  # its own cap holds it now
-        # "not own_full": with resume_ratio 1 a partition at its cap would flap every turn
-        drained = not own_full and count <= part.cap * limits.resume_ratio
+        drained = part.drained(limits.resume_ratio)
         if drained and not total_full and (total_low or not part.paused_by_total):
             part.paused = False
             change.resume.append(tp)

@@ -6,7 +6,7 @@ assignment (no "forget" that has to clear eight dicts in lockstep).
 
 from __future__ import annotations
 
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Iterable
 from typing import Generic
 
@@ -21,16 +21,19 @@ class PartitionWork(Generic[T]):
     """One partition under one assignment (``epoch``)."""
 
     __slots__ = (
+        "byte_cap",
         "cap",
         "epoch",
         "gate",
         "jobs",
         "offsets",
+        "open_bytes",
         "paused",
         "paused_by_total",
         "policy",
         "progress",
         "rewind_reported",
+        "sizes",
         "waiting",
     )
 
@@ -42,6 +45,11 @@ class PartitionWork(Generic[T]):
         self.policy = policy
         #: open records at which the partition pauses
         self.cap = cap
+        #: open record bytes at which the partition pauses
+        self.byte_cap = policy.max_in_flight_bytes if policy else 2**62
+        #: bytes of each open record that has any, and their sum
+        self.sizes: dict[int, int] = {}
+        self.open_bytes = 0
         self.offsets = PartitionOffsets()
         #: consumed, routed and decoded, not yet sent (offset order)
         self.waiting: deque[Job[T]] = deque()
@@ -60,6 +68,31 @@ class PartitionWork(Generic[T]):
     def open_count(self) -> int:
         return len(self.offsets.open)
 
+    def opened(self, offset: int, size: int) -> None:
+        if size:
+            self.sizes[offset] = size
+            self.open_bytes += size
+
+    def closed(self, offset: int) -> int:
+        """The bytes ``offset`` held, now released."""
+        size = self.sizes.pop(offset, 0)
+        self.open_bytes -= size
+        return size
+
+    @property
+    def full(self) -> bool:
+        """At its cap of open records or of open bytes."""
+        return self.open_count >= self.cap or self.open_bytes >= self.byte_cap
+
+    def drained(self, ratio: float) -> bool:
+        """Below both caps by ``ratio``: a partition paused at its own cap may fetch again
+        (``not full`` too: with a ratio of 1 it would flap at the cap every turn)."""
+        return (
+            not self.full
+            and self.open_count <= self.cap * ratio
+            and self.open_bytes <= self.byte_cap * ratio
+        )
+
     def policy_timeout(self) -> float:
         """Seconds a started (or taken) task may take before it counts as lost."""
         assert self.policy is not None  # only routed partitions have tasks
@@ -74,3 +107,15 @@ class PartitionWork(Generic[T]):
         merged = sorted([*self.waiting, *jobs], key=lambda job: job.offset)
         self.waiting.clear()
         self.waiting.extend(merged)
+
+
+def fair_shares(wanting: list[PartitionWork[T]]) -> dict[str, int]:
+    """Per queue: its window's free room split evenly over the partitions that want some
+    (rounded up, at least one)."""
+    count: dict[str, int] = defaultdict(int)
+    room: dict[str, int] = {}
+    for part in wanting:
+        assert part.policy is not None
+        count[part.policy.queue] += 1
+        room[part.policy.queue] = part.progress.room()
+    return {name: max(1, -(-room[name] // n)) for name, n in count.items()}

@@ -19,6 +19,8 @@ class RoutePolicy:
     task_timeout: float = 300.0  # seconds without a final state before a task counts as lost
     max_redispatch: int = 2  # re-sends of a lost task before it is dead-lettered
     queue: str = ""  # the Celery queue its tasks go to ("": the app's default queue)
+    #: record bytes (value, key, headers) open per partition before it pauses
+    max_in_flight_bytes: int = 64 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,3 +34,5 @@ class Limits:
     max_queue_time: float = 5.0
     #: tasks a queue may always have in flight, whatever its measured rate
     window_floor: int = 32
+    #: record bytes open over all partitions before they all pause
+    max_in_flight_bytes_total: int = 256 * 2**20

@@ -8,8 +8,10 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from bridge import dead_letters
+from bridge.core.engine import WorkEngine
 from bridge.core.vocabulary import Reason
 from bridge.dead_letters import (
     MAX_MESSAGE_BYTES,
@@ -18,7 +20,11 @@ from bridge.dead_letters import (
     Failure,
     dlq_headers,
 )
+from bridge.events import Observers
+from bridge.kafka_clients import producer_config
+from bridge.rebalance import RebalanceCallbacks
 from bridge.records import Record
+from bridge.settings import KafkaSettings
 
 CONTRACT_HEADERS = [
     "ckb.reason",
@@ -460,3 +466,227 @@ def test_held_writes_of_a_revoked_partition_are_forgotten(clock: Clock) -> None:
     assert writer.pending == 1
     writer.forget({record.tp})
     assert writer.pending == 0
+
+
+# -- dead letters that always land (issue 10, part 3) -----------------------------------
+
+TOO_LARGE = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+DENIED = KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)
+
+
+def written_values(producer: FakeProducer) -> list[bytes | None]:
+    return [message["value"] for message in producer.produced]
+
+
+def test_a_letter_too_large_for_its_topic_is_tried_alone_then_written_without_its_value(
+    clock: Clock,
+) -> None:
+    producer = FakeProducer()
+    writer = DeadLetterWriter(producer, group="g")
+    big = make_record(offset=1, value=b"x" * 5000, headers=(("trace", b"t1"),))
+    small = make_record(offset=2, value=b"small")
+    done_big, done_small = Done(), Done()
+    writer.send(big, "orders.dlq", FAILURE, done_big)
+    writer.send(small, "orders.dlq", FAILURE, done_small)
+    # one batch: the broker refuses both with MESSAGE_TOO_LARGE
+    producer.fail_next_deliveries = [TOO_LARGE, TOO_LARGE, TOO_LARGE]
+    writer.poll()  # both refused; each is tried again alone, one at a time
+    writer.poll()
+    assert written_values(producer)[2:] == [big.value], "the first suspect goes alone"
+    writer.poll()  # alone, still too large: its value is dropped; the next suspect goes alone
+    assert written_values(producer)[3:] == [small.value]
+    writer.poll()  # the small one landed alone; now the big one without its value
+    assert done_small.calls == 1
+    assert written_values(producer)[4:] == [None]
+    writer.poll()
+    assert done_big.calls == 1
+    assert writer.pending == 0
+    last = producer.produced[-1]
+    assert last["key"] == big.key
+    headers = header_map(last["headers"])
+    assert headers["trace"] == b"t1", "the record's own headers are kept"
+    assert headers["ckb.value.dropped"] == b"5000"
+    assert headers["ckb.reason"] == b"task_failed"
+    assert writer.state().values_dropped == {"orders.dlq": 1}
+
+
+def test_a_letter_larger_than_the_producer_allows_is_written_without_its_value(
+    clock: Clock,
+) -> None:
+    producer = FakeProducer()
+    producer.raise_on_produce = [KafkaException(TOO_LARGE)]
+    writer = DeadLetterWriter(producer, group="g")
+    done = Done()
+    writer.send(make_record(value=b"y" * 100), "orders.dlq", FAILURE, done)
+    writer.poll()
+    writer.poll()
+    assert written_values(producer) == [None]
+    assert header_map(producer.produced[0]["headers"])["ckb.value.dropped"] == b"100"
+    assert done.calls == 1
+
+
+def test_a_refused_topic_is_retried_without_holding_up_a_revoke_and_shows(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    producer = FakeProducer()
+    writer = DeadLetterWriter(producer, group="g", retry_max=30.0)
+    record = make_record(partition=3)
+    done = Done()
+    writer.send(record, "orders.dlq", FAILURE, done)
+    assert writer.pending_for({record.tp}) == 1, "in flight: it may land"
+    producer.fail_next_deliveries = [DENIED] * 5
+    with caplog.at_level("ERROR"):
+        writer.poll()
+        for _ in range(4):
+            clock.now += 31
+            writer.poll()
+            writer.poll()
+    assert done.calls == 0, "never finished: its offset stays uncommitted"
+    assert writer.pending == 1
+    assert writer.pending_for({record.tp}) == 0, "a revoke need not wait for it"
+    assert writer.pending_for() == 0
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, "said once, not per retry"
+    assert "orders.dlq" in errors[0].getMessage()
+    assert "TOPIC_AUTHORIZATION_FAILED" in errors[0].getMessage()
+    assert "WRITE" in errors[0].getMessage()
+    state = writer.state()
+    assert state.pending == {("orders.dlq", "refused"): 1}
+    assert state.problem is not None and "orders.dlq" in state.problem
+    assert writer.problem == state.problem
+    # the operator fixes the ACL: the next retry lands and the problem goes away
+    clock.now += 31
+    writer.poll()
+    writer.poll()
+    assert done.calls == 1
+    assert writer.pending == 0
+    assert writer.state().problem is None
+
+
+def test_retries_of_a_refused_topic_back_off(clock: Clock) -> None:
+    producer = FakeProducer()
+    producer.fail_next_deliveries = [DENIED] * 50
+    writer = DeadLetterWriter(producer, group="g", retry_max=30.0)
+    writer.send(make_record(), "bad topic!", FAILURE, Done())
+    for _ in range(600):  # ten minutes in 1 s turns
+        clock.now += 1
+        writer.poll()
+    assert len(producer.produced) < 30
+
+
+def test_a_fatal_producer_error_rebuilds_the_producer_and_sends_again(clock: Clock) -> None:
+    first, second = FakeProducer(), FakeProducer()
+    built = [second]
+    writer = DeadLetterWriter(first, group="g", rebuild=lambda: built.pop(0))
+    done = [Done(), Done()]
+    writer.send(make_record(offset=1), "orders.dlq", FAILURE, done[0])
+    writer.send(make_record(offset=2), "orders.dlq", FAILURE, done[1])
+    first.fail_next_deliveries = [KafkaError(KafkaError._FATAL, "fenced", fatal=True)]
+    late_callback, late_message = first.reports.pop()  # the second report comes late
+    writer.poll()  # a fatal report: rebuilt at once, both letters go through the new producer
+    assert built == []
+    assert len(second.produced) == 2
+    late_callback(None, late_message)  # the replaced producer's late report is ignored
+    writer.poll()
+    assert [d.calls for d in done] == [1, 1]
+    assert writer.pending == 0
+    assert writer.state().rebuilds == 1
+
+
+def test_a_produce_refused_as_fatal_rebuilds_the_producer(clock: Clock) -> None:
+    first, second = FakeProducer(), FakeProducer()
+    first.raise_on_produce = [KafkaException(KafkaError(KafkaError._FATAL, "x", fatal=True))]
+    writer = DeadLetterWriter(first, group="g", rebuild=lambda: second)
+    done = Done()
+    writer.send(make_record(), "orders.dlq", FAILURE, done)
+    writer.poll()
+    writer.poll()
+    assert done.calls == 1
+    assert len(second.produced) == 1
+
+
+def test_pending_for_counts_only_the_given_partitions(clock: Clock) -> None:
+    producer = FakeProducer()
+    writer = DeadLetterWriter(producer, group="g")
+    for partition in (0, 1, 1):
+        writer.send(make_record(partition=partition), "orders.dlq", FAILURE, Done())
+    assert writer.pending_for({("orders", 1)}) == 2
+    assert writer.pending_for({("orders", 0), ("payments", 1)}) == 1
+    assert writer.pending_for() == 3
+
+
+def test_a_letter_pending_for_long_makes_a_readiness_problem(clock: Clock) -> None:
+    producer = FakeProducer()
+    producer.fail_next_deliveries = [KafkaError(KafkaError._MSG_TIMED_OUT)] * 100
+    writer = DeadLetterWriter(producer, group="g")
+    writer.send(make_record(), "orders.dlq", FAILURE, Done())
+    writer.poll()
+    assert writer.state().problem is None, "a short outage is not a problem yet"
+    for _ in range(20):
+        clock.now += 5
+        writer.poll()
+    state = writer.state()
+    assert state.problem is not None and "orders.dlq" in state.problem
+    assert "_MSG_TIMED_OUT" in state.problem
+    assert sum(state.pending.values()) == 1
+
+
+def test_a_dead_letter_that_would_feed_a_routed_topic_again_is_not_written(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    producer = FakeProducer()
+    writer = DeadLetterWriter(producer, group="g", consumes=lambda topic: topic == "orders-failed")
+    done = Done()
+    letter = make_record(headers=(("ckb.reason", b"task_failed"),))
+    with caplog.at_level("WARNING"):
+        writer.send(letter, "orders-failed", FAILURE, done)
+    assert producer.produced == []
+    assert done.calls == 1, "finished: it is a dead letter already, kept where it is"
+    assert writer.state().loops_stopped == {"orders": 1}
+    assert "orders-failed" in caplog.text
+    # a first failure (no ckb.reason yet) is written as usual, and so is a letter whose
+    # dead-letter topic the bridge does not consume
+    writer.send(make_record(), "orders-failed", FAILURE, Done())
+    writer.send(letter, "orders.dlq.dlq", FAILURE, Done())
+    assert [m["topic"] for m in producer.produced] == ["orders-failed", "orders.dlq.dlq"]
+
+
+def test_revoke_waits_only_for_the_revoked_partitions_letters(clock: Clock) -> None:
+    producer = FakeProducer()
+    writer = DeadLetterWriter(producer, group="g")
+    other = make_record(partition=1)
+    writer.send(other, "orders.dlq", FAILURE, Done())  # never acknowledged during the revoke
+    producer.reports.clear()
+    engine: WorkEngine[Any] = WorkEngine()
+    engine.assign(("orders", 0), None)
+    now = [0.0]
+    turns: list[int] = []
+
+    def wait_turn() -> None:
+        turns.append(1)
+        now[0] += 0.05
+        writer.poll()
+
+    commits = types.SimpleNamespace(commit=lambda sync, tps: None)
+    callbacks = RebalanceCallbacks(
+        engine,
+        None,  # type: ignore[arg-type]
+        commits,  # type: ignore[arg-type]
+        writer,
+        types.SimpleNamespace(unwatch=lambda task_id: None),  # type: ignore[arg-type]
+        Observers(),
+        lambda: now[0],
+        revoke_grace=20.0,
+        stopping=lambda: False,
+        wait_turn=wait_turn,
+    )
+    callbacks.on_revoke(None, [TopicPartition("orders", 0)])
+    assert now[0] < 1.0, f"waited {now[0]:.1f}s for another partition's dead letter"
+    assert writer.pending == 1
+
+
+def test_dead_letters_are_compressed_unless_configured_otherwise() -> None:
+    assert producer_config(KafkaSettings())["compression.type"] == "zstd"
+    own = KafkaSettings(producer={"compression.type": "lz4"})
+    assert producer_config(own)["compression.type"] == "lz4"
+    Producer(producer_config(KafkaSettings()))  # this librdkafka build has zstd

@@ -80,6 +80,11 @@ EXTRA_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "ckb_queue_finish_rate": ("gauge", frozenset({"queue"})),
     "ckb_offset_resets_total": ("counter", frozenset({"topic", "partition"})),
     "ckb_tasks_unobservable_total": ("counter", frozenset({"topic", "task"})),
+    # issue 10: dead letters that always land
+    "ckb_dlq_pending_records": ("gauge", frozenset({"dlq_topic", "state"})),
+    "ckb_dlq_values_dropped_total": ("counter", frozenset({"dlq_topic"})),
+    "ckb_dlq_producer_rebuilds_total": ("counter", frozenset()),
+    "ckb_dlq_loops_stopped_total": ("counter", frozenset({"topic"})),
 }
 #: labels Prometheus adds to every scraped series
 TARGET_LABELS = frozenset({"job", "instance"})

@@ -193,3 +193,79 @@ def test_committable_again_offers_points_that_did_not_move() -> None:
     assert engine.committable() == {}
     assert engine.committable(again=True) == {tp: 1}
     assert engine.committable([("t", 9)], again=True) == {}
+
+
+# == byte budgets (issue 10): memory is capped by record bytes, not only by record count ==
+
+
+def open_sized(engine: WorkEngine[None], tp: TP, sizes: list[int]) -> list[Job[None]]:
+    part = engine.partition(tp)
+    assert part is not None
+    jobs = []
+    for size in sizes:
+        offset = part.offsets.next_offset or 0
+        epoch = engine.open(tp, offset, 0.0, size)
+        assert epoch is not None
+        job = Job(tp, offset, None, epoch, f"{tp[0]}-{tp[1]}-{offset}", None)
+        engine.enqueue(job)
+        jobs.append(job)
+    return jobs
+
+
+def finish(engine: WorkEngine[None], jobs: list[Job[None]]) -> None:
+    engine.started(engine.select(0.0), 0.0)
+    for job in jobs:
+        engine.complete(job.task_id, 1.0)
+        engine.finish(job.tp, job.offset, job.epoch)
+
+
+def test_a_partition_pauses_at_its_byte_budget_and_resumes_below_half_of_it() -> None:
+    engine: WorkEngine[None] = WorkEngine(Limits(resume_ratio=0.5))
+    tp = ("t", 0)
+    engine.assign(tp, RoutePolicy(max_in_flight=1000, max_in_flight_bytes=1000))
+    jobs = open_sized(engine, tp, [300, 300, 300])
+    assert engine.flow().pause == []  # 900 bytes: under the budget
+    jobs += open_sized(engine, tp, [300])
+    assert engine.flow().pause == [tp]  # 1200 bytes, only 4 records
+    finish(engine, jobs[:2])
+    assert engine.flow().resume == []  # 600 bytes: not yet half
+    finish(engine, jobs[2:3])
+    assert engine.flow().resume == [tp]
+    assert engine.open_bytes == 300
+
+
+def test_the_total_byte_budget_pauses_every_partition() -> None:
+    engine: WorkEngine[None] = WorkEngine(Limits(max_in_flight_bytes_total=1000))
+    a, b = ("t", 0), ("t", 1)
+    engine.assign(a, RoutePolicy())
+    engine.assign(b, RoutePolicy())
+    a_jobs = open_sized(engine, a, [300, 300])
+    b_jobs = open_sized(engine, b, [500])
+    assert sorted(engine.flow().pause) == [a, b]
+    finish(engine, b_jobs)
+    assert engine.flow().resume == []  # 600 bytes left: not yet half of the total budget
+    finish(engine, a_jobs[:1])
+    assert sorted(engine.flow().resume) == [a, b]
+
+
+def test_one_record_bigger_than_the_budget_passes_alone_and_nothing_is_stuck() -> None:
+    engine: WorkEngine[None] = WorkEngine(Limits())
+    tp = ("t", 0)
+    engine.assign(tp, RoutePolicy(max_in_flight_bytes=100))
+    jobs = open_sized(engine, tp, [5000])
+    assert engine.flow().pause == [tp]
+    assert [job.offset for job in engine.select(0.0)] == [0]  # it is still sent
+    engine.started(jobs, 0.0)
+    engine.complete(jobs[0].task_id, 1.0)
+    engine.finish(tp, 0, jobs[0].epoch)
+    assert engine.flow().resume == [tp]
+    assert engine.open_bytes == 0
+
+
+def test_a_revoke_releases_the_partition_s_bytes() -> None:
+    engine: WorkEngine[None] = WorkEngine(Limits())
+    tp = ("t", 0)
+    engine.assign(tp, RoutePolicy())
+    open_sized(engine, tp, [10, 20])
+    engine.drop(tp)
+    assert engine.open_bytes == 0

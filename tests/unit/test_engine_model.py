@@ -45,6 +45,11 @@ class Ownership:
     finished: set[int] = field(default_factory=set)
 
 
+def size_of(offset: int) -> int:
+    """A record's size in the model: 0 (no value) to 60 bytes, so byte caps are reached."""
+    return (offset * 7) % 61
+
+
 class EngineMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -74,8 +79,16 @@ class EngineMachine(RuleBasedStateMachine):
         redispatch: int,
         ratio: float,
     ) -> None:
-        self.policy = RoutePolicy(ordering, per_partition, 10.0, redispatch)
-        self.limits = Limits(total, ratio, max_queue_time=1.0, window_floor=floor)
+        self.policy = RoutePolicy(
+            ordering, per_partition, 10.0, redispatch, max_in_flight_bytes=per_partition * 40
+        )
+        self.limits = Limits(
+            total,
+            ratio,
+            max_queue_time=1.0,
+            window_floor=floor,
+            max_in_flight_bytes_total=total * 30,
+        )
         self.engine = WorkEngine(self.limits)
 
     # -- assignment ------------------------------------------------------------------
@@ -126,7 +139,7 @@ class EngineMachine(RuleBasedStateMachine):
         for key in keys:
             offset = own.next_offset
             own.next_offset += 1
-            epoch = self.engine.open(tp, offset, self.now)
+            epoch = self.engine.open(tp, offset, self.now, size_of(offset))
             assert epoch == own.epoch
             assert self.engine.open(tp, offset, self.now) is None  # a duplicate delivery
             own.open.add(offset)
@@ -261,18 +274,24 @@ class EngineMachine(RuleBasedStateMachine):
         change = self.engine.flow()
         assert not set(change.pause) & set(change.resume)
         assert self.engine.flow() == FlowChange(), "flow() flaps: a second call changes more"
-        total = self.engine.open_total
-        total_full = total >= self.limits.max_in_flight_total
+        total, size = self.engine.open_total, self.engine.open_bytes
+        limits, ratio = self.limits, self.limits.resume_ratio
+        total_full = total >= limits.max_in_flight_total or size >= limits.max_in_flight_bytes_total
         for tp in self.owned:
             part = self.engine.partition(tp)
             assert part is not None
-            if total_full or part.open_count >= part.cap:
+            own_full = part.open_count >= part.cap or part.open_bytes >= part.byte_cap
+            if total_full or own_full:
                 assert part.paused, f"{tp} at its cap is not paused"
             drained = (
-                part.open_count < part.cap
-                and part.open_count <= part.cap * self.limits.resume_ratio
+                not own_full
+                and part.open_count <= part.cap * ratio
+                and part.open_bytes <= part.byte_cap * ratio
             )
-            total_low = total <= self.limits.max_in_flight_total * self.limits.resume_ratio
+            total_low = (
+                total <= limits.max_in_flight_total * ratio
+                and size <= limits.max_in_flight_bytes_total * ratio
+            )
             # each partition resumes on its own terms: its own cap, or the total's if that
             # was what paused it
             if part.paused and not total_full and drained:
@@ -308,6 +327,8 @@ class EngineMachine(RuleBasedStateMachine):
     @invariant()
     def counts_match_the_model(self) -> None:
         assert self.engine.open_total == sum(len(own.open) for own in self.owned.values())
+        sizes = [size_of(offset) for own in self.owned.values() for offset in own.open]
+        assert self.engine.open_bytes == sum(sizes)
         assert set(self.engine.partitions()) == set(self.owned)
         assert self.engine.in_flight == len(self._running())
         self._check_caps()

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bridge.events import Observer, Observers, PartitionState, QueueWindow, Totals
+from bridge.events import DeadLetterState, Observer, Observers, PartitionState, QueueWindow, Totals
 from bridge.records import Record
 
 RECORD = Record("orders", 0, 5, None, b"{}", (), 1)
@@ -24,6 +24,7 @@ CALLS: list[tuple[str, tuple[Any, ...]]] = [
     ("on_windows", ([QueueWindow("celery", 32, 3, 10.0)],)),
     ("on_offset_reset", (("orders", 0),)),
     ("on_unobservable", (RECORD, "tasks.x")),
+    ("on_dead_letter_state", (DeadLetterState(),)),
 ]
 
 

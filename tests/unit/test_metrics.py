@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import free_port
-from bridge.events import Observers, PartitionState, QueueWindow
+from bridge.events import DeadLetterState, Observers, PartitionState, QueueWindow
 from bridge.http_server import OpsApp, OpsServer, Probes
 from bridge.metrics import BUCKETS, PrometheusObserver
 from bridge.records import Record
@@ -39,6 +39,10 @@ CONTRACT = {
     "ckb_queue_finish_rate": ("gauge", {"queue"}),
     "ckb_offset_resets": ("counter", {"topic", "partition"}),
     "ckb_tasks_unobservable": ("counter", {"topic", "task"}),
+    "ckb_dlq_pending_records": ("gauge", {"dlq_topic", "state"}),
+    "ckb_dlq_values_dropped": ("counter", {"dlq_topic"}),
+    "ckb_dlq_producer_rebuilds": ("counter", set()),
+    "ckb_dlq_loops_stopped": ("counter", {"topic"}),
 }
 
 NOW = 1_700_000_100.0
@@ -71,6 +75,9 @@ def test_every_contract_metric_is_exposed_with_its_type_and_labels() -> None:
     metrics.on_windows([QueueWindow("celery", 32, 3, 10.0)])
     metrics.on_offset_reset(("orders", 0))
     metrics.on_unobservable(rec, TASK)
+    metrics.on_dead_letter_state(
+        DeadLetterState({("orders.dlq", "refused"): 2}, {"orders.dlq": 1}, 1, {"orders": 1})
+    )
     metrics.set_lag({("orders", 0): 0})
     text = metrics.registry.collect()
     families = {family.name: family for family in text}
@@ -328,3 +335,32 @@ def test_status_rows_get_in_flight_and_paused_from_a_bridge(
         assert add_bridge_state(rows, nowhere, (url,)) == []
     finally:
         server.stop()
+
+
+def test_the_dead_letter_backlog_and_totals() -> None:
+    metrics = observer()
+    assert value(metrics, "ckb_dlq_producer_rebuilds_total") == 0
+    state = DeadLetterState(
+        {("orders.dlq", "refused"): 2, ("orders.dlq", "writing"): 1},
+        {"orders.dlq": 3},
+        1,
+        {"orders": 4},
+        "dead letters: orders.dlq refuses them",
+    )
+    metrics.on_dead_letter_state(state)
+    pending = "ckb_dlq_pending_records"
+    assert value(metrics, pending, dlq_topic="orders.dlq", state="refused") == 2
+    assert value(metrics, pending, dlq_topic="orders.dlq", state="writing") == 1
+    assert value(metrics, "ckb_dlq_values_dropped_total", dlq_topic="orders.dlq") == 3
+    assert value(metrics, "ckb_dlq_producer_rebuilds_total") == 1
+    assert value(metrics, "ckb_dlq_loops_stopped_total", topic="orders") == 4
+    metrics.on_dead_letter_state(DeadLetterState())  # all landed: the gauge series go away
+    assert value(metrics, pending, dlq_topic="orders.dlq", state="refused") is None
+
+
+def test_a_stuck_dead_letter_topic_is_a_readiness_reason() -> None:
+    problem = "dead letters: orders.dlq refuses them (TOPIC_AUTHORIZATION_FAILED): grant WRITE"
+    ready, body = probes(dead_letters=lambda: problem).ready()
+    assert not ready
+    assert body["reasons"] == [problem]
+    assert probes(dead_letters=lambda: None).ready()[0]

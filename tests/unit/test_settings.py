@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from bridge.settings import ConfigError, Route, Settings, load_settings
 
@@ -326,3 +327,57 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
     settings: Settings = load_settings(write(tmp_path, MINIMAL_ROUTES))
     with pytest.raises(ValueError, match="frozen"):
         settings.routes[0].task = "other"
+
+
+# == dead-letter topics the bridge would consume (issue 10) ================================
+def routes(*items: dict[str, str]) -> list[dict[str, str]]:
+    return [{"task": "tasks.t", **item} for item in items]
+
+
+@pytest.mark.parametrize(
+    ("items", "expected"),
+    [
+        # its own topic
+        ([{"topic": "orders", "dlq_topic": "orders"}], "routes.0.dlq_topic: 'orders'"),
+        # matched by a route's pattern
+        (
+            [{"topic": "^orders.*", "dlq_topic": "orders-failed"}],
+            "routes.0.dlq_topic: 'orders-failed' is consumed by routes.0 (^orders.*)",
+        ),
+        (
+            [{"topic": "payments", "dlq_topic": "orders-failed"}, {"topic": "^orders.*"}],
+            "routes.0.dlq_topic: 'orders-failed' is consumed by routes.1",
+        ),
+        # the default <topic>.dlq, consumed by an exact route
+        (
+            [{"topic": "orders"}, {"topic": "orders.dlq"}],
+            "routes.0.dlq_topic: 'orders.dlq' (the default) is consumed by routes.1",
+        ),
+    ],
+)
+def test_a_dead_letter_topic_a_route_consumes_is_refused(
+    items: list[dict[str, str]], expected: str
+) -> None:
+    with pytest.raises(ValueError, match="dead-lettered again") as raised:
+        Settings(routes=routes(*items))
+    assert expected in str(raised.value)
+
+
+def test_dead_letter_topics_no_route_consumes_are_fine() -> None:
+    Settings(routes=routes({"topic": "^orders.*"}, {"topic": "payments", "dlq_topic": "pay-dlq"}))
+    # a pattern never routes a .dlq topic: orders.dlq is not consumed by ^orders.*
+    Settings(routes=routes({"topic": "^orders.*", "dlq_topic": "orders.dlq"}))
+
+
+@pytest.mark.parametrize("name", ["bad topic", "orders/dlq", "x" * 250, "..", "ördérs"])
+def test_a_dead_letter_topic_kafka_would_refuse_is_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="not a valid Kafka topic name"):
+        Settings(routes=routes({"topic": "orders", "dlq_topic": name}))
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_an_infinite_or_nan_timeout_is_refused_at_load(value: str) -> None:
+    with pytest.raises(ValidationError):
+        Settings(routes=[{"topic": "t", "task": "x", "task_timeout": float(value)}])
+    with pytest.raises(ValidationError):
+        Settings(routes=[{"topic": "t", "task": "x"}], limits={"shutdown_grace": float(value)})
