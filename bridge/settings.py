@@ -20,6 +20,7 @@ from pydantic_settings import (
 )
 
 from bridge.core.vocabulary import DLQ_SUFFIX, default_dlq_topic
+from bridge.secrets import mask_text
 from bridge.strict_json import DEPTH_CEILING
 
 CallMode = Literal["arg", "kwargs", "envelope"]
@@ -286,14 +287,51 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = _load_yaml(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        # the parser quotes the offending line, which may be a password's
+        raise ConfigError(f"{path}: not valid YAML: {mask_text(str(exc))}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping (kafka:, celery:, routes: …)")
     return data
+
+
+#: mappings of librdkafka (and Kafka topic) properties: their values stay the text written.
+#: librdkafka takes every property as a string, and YAML 1.1 would turn an unquoted password
+#: ``0123`` into 83 and ``yes`` into True; null stays null (and is refused).
+VERBATIM_SECTIONS = (("kafka", "consumer"), ("kafka", "producer"), ("dead_letters", "topic_config"))
+_STR_TAG = "tag:yaml.org,2002:str"
+_TYPED_TAGS = frozenset(
+    f"tag:yaml.org,2002:{name}" for name in ("int", "float", "bool", "timestamp")
+)
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load``, except that the values of :data:`VERBATIM_SECTIONS` stay strings."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        for section, key in VERBATIM_SECTIONS:
+            properties = _mapping_value(_mapping_value(node, section), key)
+            for _, value in properties.value if properties is not None else ():
+                if isinstance(value, yaml.ScalarNode) and value.tag in _TYPED_TAGS:
+                    value.tag = _STR_TAG
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _mapping_value(node: yaml.Node | None, key: str) -> yaml.MappingNode | None:
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    for key_node, value in node.value:
+        if isinstance(key_node, yaml.ScalarNode) and key_node.value == key:
+            return value if isinstance(value, yaml.MappingNode) else None
+    return None
 
 
 def describe_validation_error(error: ValidationError) -> str:

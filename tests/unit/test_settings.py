@@ -80,9 +80,9 @@ def test_good_yaml_loads_every_section(tmp_path: Path) -> None:
     assert settings.kafka.consumer == {
         "security.protocol": "SASL_SSL",
         "sasl.mechanism": "PLAIN",
-        "fetch.min.bytes": 1024,
+        "fetch.min.bytes": "1024",  # librdkafka values: the text written
     }
-    assert settings.kafka.producer == {"linger.ms": 10}
+    assert settings.kafka.producer == {"linger.ms": "10"}
     assert not settings.kafka.uses_kip848
     orders, audit = settings.routes
     assert (orders.topic, orders.task, orders.queue) == (
@@ -381,3 +381,68 @@ def test_an_infinite_or_nan_timeout_is_refused_at_load(value: str) -> None:
         Settings(routes=[{"topic": "t", "task": "x", "task_timeout": float(value)}])
     with pytest.raises(ValidationError):
         Settings(routes=[{"topic": "t", "task": "x"}], limits={"shutdown_grace": float(value)})
+
+
+# --- librdkafka values keep the text written (issue 10): YAML 1.1 reads 0123 as 83, yes as True
+
+RDKAFKA_YAML = """\
+kafka:
+  consumer:
+    sasl.password: 0123
+    sasl.username: yes
+    fetch.min.bytes: 1024
+    enable.partition.eof: off
+    socket.timeout.ms: 0x10
+    client.rack: 1.50
+    ssl.key.password: 2024-01-01
+  producer:
+    sasl.password: on
+    linger.ms: 5
+dead_letters:
+  topic_config: {retention.ms: 0604800000}
+routes: [{topic: orders, task: tasks.examples.process_order}]
+"""
+
+
+def test_librdkafka_values_are_kept_as_written(tmp_path: Path) -> None:
+    from bridge.kafka_clients import consumer_config, producer_config
+
+    settings = load_settings(write(tmp_path, RDKAFKA_YAML))
+    assert settings.kafka.consumer == {
+        "sasl.password": "0123",
+        "sasl.username": "yes",
+        "fetch.min.bytes": "1024",
+        "enable.partition.eof": "off",
+        "socket.timeout.ms": "0x10",
+        "client.rack": "1.50",
+        "ssl.key.password": "2024-01-01",
+    }
+    assert settings.kafka.producer == {"sasl.password": "on", "linger.ms": "5"}
+    assert settings.dead_letters.topic_config == {"retention.ms": "0604800000"}
+    # and so they reach librdkafka
+    assert consumer_config(settings.kafka)["sasl.password"] == "0123"
+    assert producer_config(settings.kafka)["sasl.password"] == "on"
+
+
+def test_only_librdkafka_sections_are_kept_as_text(tmp_path: Path) -> None:
+    settings = load_settings(
+        write(tmp_path, RDKAFKA_YAML + "dedupe_generation: 010\nmetrics: {enabled: no}\n")
+    )
+    assert settings.dedupe_generation == 8  # YAML's own typing elsewhere
+    assert settings.metrics.enabled is False
+
+
+def test_an_empty_librdkafka_value_is_refused(tmp_path: Path) -> None:
+    message = config_error(tmp_path, "kafka:\n  consumer:\n    sasl.password:\n" + MINIMAL_ROUTES)
+    assert "kafka.consumer.sasl.password" in message
+
+
+def test_a_yaml_syntax_error_does_not_print_a_secret(tmp_path: Path) -> None:
+    for text in (
+        'kafka:\n  consumer:\n    sasl.password: "hunt3r2\n    x: [\n',
+        "kafka:\n  consumer:\n    sasl.password: hunt3r2: x\n",
+    ):
+        message = config_error(tmp_path, text + MINIMAL_ROUTES)
+        assert "not valid YAML" in message
+        assert "line 3" in message
+        assert "hunt3r2" not in message
