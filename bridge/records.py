@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Protocol
 
 from bridge.core.vocabulary import TP
+
+
+#: ``message.headers()`` through a call path that checks the result: confluent-kafka returns a
+#: list *and* sets an exception on a non-UTF-8 header name, and CPython 3.11's specialized
+#: method call does not check, so a plain call raises later, somewhere else. A second call
+#: returns a tuple holding NULL: the headers of such a message are never read again.
+_read_headers = operator.methodcaller("headers")
 
 
 class KafkaMessage(Protocol):
@@ -39,8 +47,8 @@ class Record:
     def from_message(cls, message: KafkaMessage) -> Record:
         _, timestamp = message.timestamp()
         try:
-            headers, unreadable = tuple(message.headers() or ()), False
-        except Exception:  # SystemError from confluent-kafka's C code on a non-UTF-8 name
+            headers, unreadable = tuple(_read_headers(message) or ()), False
+        except SystemError:  # confluent-kafka's C code, on a header name that is not UTF-8
             headers, unreadable = (), True
         return cls(
             topic=message.topic() or "",
