@@ -6,6 +6,12 @@ already hold (plus two flags of other threads), so serving never touches Kafka, 
 loop. prometheus_client's own ``start_http_server`` serves metrics only; these four routes
 need no more than the standard library.
 
+No client can hold the server: a connection has ``request_timeout`` seconds to send its whole
+request (not per read: a client trickling a byte at a time is cut at the same deadline), and
+again as long to take the answer. At most ``max_connections`` requests are served at once; a
+connection beyond that is answered ``503`` at once and closed, from the accepting thread,
+without a thread of its own.
+
 The probes and ``/status`` are always served (the container health check and Kubernetes
 probes call them); ``/metrics`` only with ``metrics.enabled``, else it answers 404.
 
@@ -22,6 +28,8 @@ probes call them); ``/metrics`` only with ``metrics.enabled``, else it answers 4
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import socket
@@ -39,6 +47,16 @@ log = logging.getLogger(__name__)
 
 #: seconds without a finished loop turn after which the bridge counts as stuck
 STALL_AFTER = 30.0
+#: seconds a client has to send its whole request, and again to take the answer
+REQUEST_TIMEOUT = 10.0
+#: requests served at once (one thread each); more connections are answered 503 and closed
+MAX_CONNECTIONS = 16
+
+_BUSY_BODY = b"busy: too many open connections, try again\n"
+_BUSY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
+) % (len(_BUSY_BODY), _BUSY_BODY)
 
 
 @dataclass
@@ -119,16 +137,79 @@ def _json(ok: bool, body: dict[str, Any], failed: int = 503) -> tuple[int, str, 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    block_on_close = False  # stop() does not wait for clients; each has its deadline anyway
+    request_queue_size = 64
     app: OpsApp
+    request_timeout: float
+    slots: threading.BoundedSemaphore
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """On the accepting thread: a thread for the request if a slot is free, else 503."""
+        if not self.slots.acquire(blocking=False):
+            _refuse(request)
+            self.shutdown_request(request)
+            return
+        try:
+            threading.Thread(
+                target=self.process_request_thread,
+                args=(request, client_address),
+                name="ckb-http-request",
+                daemon=True,
+            ).start()
+        except BaseException:
+            self.slots.release()
+            self.shutdown_request(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
+def _refuse(request: socket.socket) -> None:
+    """Answer 503 without ever blocking the accepting thread (the answer fits any buffer)."""
+    log.debug("ops endpoint busy: refusing a connection")
+    with contextlib.suppress(OSError):
+        request.setblocking(False)
+        # what the client already sent, read so that closing does not reset the answer away
+        request.recv(65536)
+    with contextlib.suppress(OSError):
+        request.send(_BUSY)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Reads from the socket until one deadline for the whole request, however it trickles."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request took too long")
+        self._sock.settimeout(remaining)
+        return self._sock.recv_into(buffer)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.0"
+
+    def setup(self) -> None:
+        super().setup()
+        timeout = self.server.request_timeout
+        self.rfile.close()  # the socket's own reader: replaced by one with a deadline
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, time.monotonic() + timeout))
 
     def do_GET(self) -> None:
         try:
@@ -136,6 +217,9 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             log.exception("cannot serve %s", self.path)
             code, content_type, body = 500, "text/plain", b"internal error\n"
+        # the answer, however big, must be taken within one more deadline (sendall's timeout
+        # covers the whole send); a TimeoutError ends the request like a late one
+        self.connection.settimeout(self.server.request_timeout)
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -149,9 +233,19 @@ class _Handler(BaseHTTPRequestHandler):
 class OpsServer:
     """Serves :class:`OpsApp` on ``host:port`` (0: any free port) from a daemon thread."""
 
-    def __init__(self, app: OpsApp, host: str, port: int) -> None:
+    def __init__(
+        self,
+        app: OpsApp,
+        host: str,
+        port: int,
+        *,
+        request_timeout: float = REQUEST_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self._app = app
         self._address = (host, port)
+        self._request_timeout = request_timeout
+        self._max_connections = max_connections
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -171,6 +265,8 @@ class OpsServer:
                 f"({exc.strerror}): change metrics.host/metrics.port (0 picks a free port)"
             ) from exc
         server.app = self._app
+        server.request_timeout = self._request_timeout
+        server.slots = threading.BoundedSemaphore(self._max_connections)
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="ckb-http", daemon=True
