@@ -1,6 +1,7 @@
 """What a dead letter carries: the record's key, value and headers, and the ``ckb.*`` context
-headers of the DLQ record contract (DESIGN.md). The worker's exception text is bounded in
-size."""
+headers of the DLQ record contract (DESIGN.md). The worker's exception text is masked
+(:func:`bridge.secrets.mask_text`) before it goes into ``ckb.error.message`` and
+``ckb.error.traceback``, and bounded in size."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bridge.records import Record
+from bridge.secrets import mask_text
 
 MAX_MESSAGE_BYTES = 2_048
 MAX_TRACEBACK_BYTES = 8_192
@@ -51,8 +53,8 @@ def dlq_headers(
         "ckb.task.id": failure.task_id.encode(),
         "ckb.attempts": str(failure.attempts).encode(),
         "ckb.error.class": failure.error_class.encode(),
-        "ckb.error.message": _bounded(failure.error_message, MAX_MESSAGE_BYTES),
-        "ckb.error.traceback": _bounded(failure.traceback, MAX_TRACEBACK_BYTES),
+        "ckb.error.message": _bounded(mask_text(failure.error_message), MAX_MESSAGE_BYTES),
+        "ckb.error.traceback": _bounded(mask_text(failure.traceback), MAX_TRACEBACK_BYTES),
         "ckb.failed.at": now.astimezone(UTC).isoformat(timespec="milliseconds").encode(),
     }
     original = [(k, v) for k, v in record.headers if not k.startswith(HEADER_PREFIX)]

@@ -651,6 +651,22 @@ def test_a_dead_letter_that_would_feed_a_routed_topic_again_is_not_written(
     assert [m["topic"] for m in producer.produced] == ["orders-failed", "orders.dlq.dlq"]
 
 
+def test_worker_exception_text_is_masked_in_the_headers() -> None:
+    failure = Failure(
+        reason="task_failed",
+        error_message="cannot reach redis://app:s3cr3t-pw@cache:6379/0 (password=hunter2)",
+        traceback='Traceback ...\nConnectionError: {"token": "tok-123", "user": "bob"}\n'
+        "api_key=AKIA999 url=https://u:p4ss@h/x\n",
+    )
+    values = header_map(dlq_headers(make_record(), failure, "g", NOW))
+    message = (values["ckb.error.message"] or b"").decode()
+    traceback = (values["ckb.error.traceback"] or b"").decode()
+    for secret in ("s3cr3t-pw", "hunter2", "tok-123", "AKIA999", "p4ss"):
+        assert secret not in message + traceback
+    assert "redis://app:****@cache:6379/0" in message
+    assert "bob" in traceback, "only secrets are masked"
+
+
 def test_revoke_waits_only_for_the_revoked_partitions_letters(clock: Clock) -> None:
     producer = FakeProducer()
     writer = DeadLetterWriter(producer, group="g")
