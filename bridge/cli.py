@@ -282,6 +282,24 @@ def _reason_choice() -> click.Choice[str]:
     metavar="G",
     help="Consumer group that keeps the replay's progress (default ckb-replay.<from-topic>).",
 )
+@click.option(
+    "--any-group",
+    is_flag=True,
+    help="Also replay letters whose ckb.group is not kafka.group_id (or that have none).",
+)
+@click.option(
+    "--allow-any-topic",
+    is_flag=True,
+    help="Also replay letters to an original topic that no route consumes.",
+)
+@click.option(
+    "--max-replays",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    metavar="N",
+    help="Refuse letters already replayed N times (ckb.replay.count).",
+)
 def dlq_replay(
     source: str,
     to_topic: str | None,
@@ -291,11 +309,17 @@ def dlq_replay(
     dry_run: bool,
     config_path: Path | None,
     group: str | None,
+    any_group: bool,
+    allow_any_topic: bool,
+    max_replays: int,
 ) -> None:
-    """Re-produce dead letters to their original topic (key, value, headers; ckb.* stripped).
+    """Re-produce dead letters to their original topic (key, value, headers; ckb.* stripped,
+    ckb.replay.count added).
 
     Reads from the replay group's committed position up to the end offsets seen at start,
-    and commits its progress only after Kafka acknowledged the replayed records.
+    and commits its progress only after Kafka acknowledged the replayed records. Letters of
+    another group, for a topic no route consumes, or replayed --max-replays times already are
+    refused: counted, not replayed, left in the dead-letter topic.
     """
     from rich.console import Console
 
@@ -304,10 +328,12 @@ def dlq_replay(
         ReplayOptions,
         Selection,
         default_group,
+        render_refused,
         render_selected,
         render_summary,
         run_with_progress,
         since_option,
+        trust_for,
     )
 
     if to_topic is not None and to_topic == source:
@@ -316,8 +342,9 @@ def dlq_replay(
         since_at = since_option(since)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--since'") from exc
-    selection = Selection(frozenset(reasons), since_at, to_topic)
     settings = settings_or_exit(config_path)
+    trust = trust_for(settings, any_group, allow_any_topic, max_replays)
+    selection = Selection(frozenset(reasons), since_at, to_topic, trust)
     options = ReplayOptions(source, group or default_group(source), selection, limit, dry_run)
     try:
         result = run_with_progress(settings.kafka, options)
@@ -328,6 +355,7 @@ def dlq_replay(
     console = Console()
     if dry_run:
         render_selected(result.selected, console)
+        render_refused(result.refused, console)
     render_summary(result, options, console)
     if result.error is not None:
         fail(result.error)

@@ -16,6 +16,10 @@ MAX_TRACEBACK_BYTES = 8_192
 HEADER_PREFIX = "ckb."
 #: the header a letter written without its value carries: the value's size in bytes
 VALUE_DROPPED = "ckb.value.dropped"
+#: kept from the record, unlike every other ``ckb.*`` header: ``ckb dlq replay`` counts the
+#: replays of a record in it (``bridge.replay.letters.REPLAY_COUNT``), so the count survives
+#: the next dead-lettering and ``--max-replays`` stops a record that fails every time
+REPLAY_COUNT = "ckb.replay.count"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,5 +61,7 @@ def dlq_headers(
         "ckb.error.traceback": _bounded(mask_text(failure.traceback), MAX_TRACEBACK_BYTES),
         "ckb.failed.at": now.astimezone(UTC).isoformat(timespec="milliseconds").encode(),
     }
-    original = [(k, v) for k, v in record.headers if not k.startswith(HEADER_PREFIX)]
+    original = [
+        (k, v) for k, v in record.headers if not k.startswith(HEADER_PREFIX) or k == REPLAY_COUNT
+    ]
     return original + list(added.items())

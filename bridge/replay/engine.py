@@ -18,7 +18,7 @@ from bridge.core.offsets import PartitionOffsets
 from bridge.core.vocabulary import TP
 from bridge.records import Record
 from bridge.replay.commits import CommitOffsets
-from bridge.replay.letters import DeadLetter, strip_ckb_headers
+from bridge.replay.letters import DeadLetter, replayed_headers
 from bridge.replay.options import ProgressCallback, ReplayError, ReplayOptions, ReplayResult
 from bridge.replay.plan import PartitionPlan, partition_count
 from bridge.replay.render import listing_row
@@ -152,14 +152,17 @@ class Replayer:
     def _examine(self, letter: DeadLetter) -> None:
         record = letter.record
         self._offsets[record.tp].add(record.offset, 0.0)
-        verdict = self._options.selection.verdict(letter)
+        verdict, refusal = self._options.selection.judge(letter)
         if verdict is Verdict.REPLAY:
             self._chosen += 1
             if self._producer is not None:
                 self._produce(letter)
                 return
             self.result.selected.append(listing_row(letter))
-        self.result.stats.count(letter.reason, outcome_of(verdict))
+        elif refusal is not None and self._producer is None:
+            self.result.refused.append((*listing_row(letter), refusal.value))
+        # filtered, skipped or refused: done with, committed past (it stays in the topic)
+        self.result.stats.count(letter.reason, outcome_of(verdict), refusal)
         self._offsets[record.tp].finish(record.offset)
 
     def _produce(self, letter: DeadLetter) -> None:
@@ -180,7 +183,7 @@ class Replayer:
                     destination,
                     key=record.key,
                     value=record.value,
-                    headers=strip_ckb_headers(record.headers),
+                    headers=replayed_headers(record.headers, (letter.replays or 0) + 1),
                     on_delivery=delivered,
                     **extra,
                 )

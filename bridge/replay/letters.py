@@ -1,7 +1,10 @@
 """What a dead letter says: its ``ckb.*`` headers parsed into a :class:`DeadLetter`.
 
-Also the header helpers a replay needs: reading one header as text, and the record's own
-headers without the bridge's ``ckb.*`` ones (what a replayed record carries).
+Also the header helpers a replay needs: reading one header as text, and what a replayed
+record carries: the record's own headers without the bridge's ``ckb.*`` ones, plus
+``ckb.replay.count`` (:data:`REPLAY_COUNT`). The bridge keeps that one header when it
+dead-letters the replayed record again, so the count grows with every cycle and
+``--max-replays`` can stop a record that fails every time.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from bridge.dead_letters import HEADER_PREFIX
+from bridge.dead_letter_headers import HEADER_PREFIX, REPLAY_COUNT
 from bridge.records import Record
 
 Headers = Sequence[tuple[str, bytes | None]]
@@ -19,6 +22,12 @@ Headers = Sequence[tuple[str, bytes | None]]
 def strip_ckb_headers(headers: Headers) -> list[tuple[str, bytes | None]]:
     """The record's own headers, in order and byte for byte, without any ``ckb.*`` header."""
     return [(name, value) for name, value in headers if not name.startswith(HEADER_PREFIX)]
+
+
+def replayed_headers(headers: Headers, replays: int) -> list[tuple[str, bytes | None]]:
+    """What a replayed record carries: its own headers (:func:`strip_ckb_headers`), then
+    :data:`REPLAY_COUNT` set to ``replays``."""
+    return [*strip_ckb_headers(headers), (REPLAY_COUNT, str(replays).encode())]
 
 
 def header_text(headers: Headers, name: str) -> str | None:
@@ -35,6 +44,14 @@ def _as_int(text: str | None) -> int | None:
         return None if text is None else int(text)
     except ValueError:
         return None
+
+
+def _replay_count(text: str | None) -> int | None:
+    """Replays so far: 0 without the header, None when it is not a count (garbled)."""
+    if text is None:
+        return 0
+    count = _as_int(text.strip())
+    return count if count is not None and count >= 0 else None
 
 
 def _as_utc(text: str | None) -> datetime | None:
@@ -58,6 +75,10 @@ class DeadLetter:
     original_offset: int | None
     failed_at: datetime | None
     error_class: str | None
+    #: ``ckb.group``: the consumer group of the bridge that wrote it
+    group: str | None = None
+    #: ``ckb.replay.count``: replays so far (0: none), None when the header is garbled
+    replays: int | None = 0
 
     @classmethod
     def from_record(cls, record: Record) -> DeadLetter:
@@ -71,6 +92,8 @@ class DeadLetter:
             original_offset=_as_int(header_text(headers, "ckb.original.offset")),
             failed_at=_as_utc(header_text(headers, "ckb.failed.at")),
             error_class=header_text(headers, "ckb.error.class"),
+            group=header_text(headers, "ckb.group"),
+            replays=_replay_count(header_text(headers, REPLAY_COUNT)),
         )
 
     def origin(self) -> str:

@@ -38,6 +38,8 @@ class ReplayResult:
     stats: ReplayStats = field(default_factory=ReplayStats)
     #: listing rows of the letters a dry run would replay (empty for a real run)
     selected: list[tuple[str, ...]] = field(default_factory=list)
+    #: listing rows of the letters a dry run refuses, with the refusal (empty for a real run)
+    refused: list[tuple[str, ...]] = field(default_factory=list)
     #: why the run ended early: an error message, or None
     error: str | None = None
     interrupted: bool = False

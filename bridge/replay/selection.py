@@ -1,18 +1,20 @@
 """Which dead letters a replay sends, and where to.
 
 ``--reason`` and ``--since`` (:class:`Selection`, :func:`parse_since`), the verdict on one
-letter (replay, filtered out, skipped), its destination (``--to`` or the original topic) and
-the partition it goes back to. Pure functions: no Kafka, no clock of their own.
+letter (replay, filtered out, skipped, refused by the :mod:`~bridge.replay.trust` rules), its
+destination (``--to`` or the original topic) and the partition it goes back to. Pure
+functions: no Kafka, no clock of their own.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 
 from bridge.replay.letters import DeadLetter
+from bridge.replay.trust import Refusal, Trust
 
 _AGE = re.compile(r"^(\d+)\s*([smhdw])$")
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
@@ -43,27 +45,37 @@ class Verdict(Enum):
     REPLAY = "replay"
     FILTERED = "filtered"
     SKIPPED = "skipped"
+    REFUSED = "refused"
 
 
 @dataclass(frozen=True)
 class Selection:
-    """Which letters to replay (``--reason``, ``--since``) and where to (``--to``)."""
+    """Which letters to replay (``--reason``, ``--since``), where to (``--to``), and the
+    rules a letter must pass to be replayed at all (:class:`~bridge.replay.trust.Trust`)."""
 
     reasons: frozenset[str] = frozenset()
     since: datetime | None = None
     to_topic: str | None = None
+    trust: Trust = field(default_factory=Trust)
 
     def verdict(self, letter: DeadLetter) -> Verdict:
+        return self.judge(letter)[0]
+
+    def judge(self, letter: DeadLetter) -> tuple[Verdict, Refusal | None]:
         """SKIPPED: nowhere to send it (not a ckb dead letter, no ``--to``); FILTERED:
         excluded by ``--reason``/``--since`` (a letter without ``ckb.failed.at`` fails
-        ``--since``); REPLAY otherwise."""
+        ``--since``); REFUSED (and why): asked for, but against a trust rule; REPLAY
+        otherwise."""
         if self.destination(letter) is None:
-            return Verdict.SKIPPED
+            return Verdict.SKIPPED, None
         if self.reasons and letter.reason not in self.reasons:
-            return Verdict.FILTERED
+            return Verdict.FILTERED, None
         if self.since is not None and (letter.failed_at is None or letter.failed_at < self.since):
-            return Verdict.FILTERED
-        return Verdict.REPLAY
+            return Verdict.FILTERED, None
+        refusal = self.trust.refusal(letter, explicit_destination=self.to_topic is not None)
+        if refusal is not None:
+            return Verdict.REFUSED, refusal
+        return Verdict.REPLAY, None
 
     def destination(self, letter: DeadLetter) -> str | None:
         return self.to_topic or letter.original_topic

@@ -1,4 +1,5 @@
-"""Counting a replay: examined letters per reason and outcome, and the summary line."""
+"""Counting a replay: examined letters per reason and outcome, refusals per rule, and the
+summary line."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from bridge.replay.selection import Verdict
+from bridge.replay.trust import Refusal
 
-OUTCOMES = ("replayed", "filtered", "skipped", "failed")
+OUTCOMES = ("replayed", "filtered", "skipped", "failed", "refused")
 NO_REASON = "(none)"
 
 
@@ -16,11 +18,15 @@ class ReplayStats:
     """Examined letters per reason and outcome (``replayed`` means *would be* in a dry run)."""
 
     by_reason: dict[str, Counter[str]] = field(default_factory=dict)
+    #: refused letters per rule (:class:`~bridge.replay.trust.Refusal` value)
+    refusals: Counter[str] = field(default_factory=Counter)
 
-    def count(self, reason: str | None, outcome: str) -> None:
+    def count(self, reason: str | None, outcome: str, refusal: Refusal | None = None) -> None:
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}")
         self.by_reason.setdefault(reason or NO_REASON, Counter())[outcome] += 1
+        if refusal is not None:
+            self.refusals[refusal.value] += 1
 
     def totals(self) -> Counter[str]:
         total: Counter[str] = Counter()
@@ -45,8 +51,15 @@ class ReplayStats:
         )
         if totals["failed"]:
             line += f", failed {totals['failed']}"
+        if totals["refused"]:
+            line += f", refused {totals['refused']}"
         return line
 
 
 def outcome_of(verdict: Verdict) -> str:
-    return {Verdict.REPLAY: "replayed", Verdict.FILTERED: "filtered"}.get(verdict, "skipped")
+    outcomes = {
+        Verdict.REPLAY: "replayed",
+        Verdict.FILTERED: "filtered",
+        Verdict.REFUSED: "refused",
+    }
+    return outcomes.get(verdict, "skipped")

@@ -6,6 +6,7 @@ import io
 import types
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -19,15 +20,18 @@ from bridge.core.vocabulary import Reason
 from bridge.dead_letters import Failure, dlq_headers
 from bridge.records import Record
 from bridge.replay import (
+    DEFAULT_MAX_REPLAYS,
     DeadLetter,
     GroupOffsets,
     PartitionPlan,
+    Refusal,
     Replayer,
     ReplayError,
     ReplayOptions,
     ReplayResult,
     ReplayStats,
     Selection,
+    Trust,
     Verdict,
     default_group,
     header_text,
@@ -41,10 +45,11 @@ from bridge.replay import (
     replay_producer_config,
     strip_ckb_headers,
     target_partition,
+    trust_for,
 )
 from bridge.replay import commits as replay_commits
 from bridge.replay import plan as replay_plan
-from bridge.settings import KafkaSettings
+from bridge.settings import KafkaSettings, Route, Settings
 
 NOW = datetime(2024, 5, 6, 12, 0, 0, tzinfo=UTC)
 OWN_HEADERS: tuple[tuple[str, bytes | None], ...] = (
@@ -465,7 +470,7 @@ def test_produces_key_value_and_own_headers_to_the_original_partition() -> None:
             "topic": "orders",
             "key": b"key-1",
             "value": b'{"secret": 1}',
-            "headers": list(OWN_HEADERS),
+            "headers": [*OWN_HEADERS, ("ckb.replay.count", b"1")],
             "on_delivery": producer.produced[0]["on_delivery"],
             "partition": 2,
         }
@@ -655,3 +660,190 @@ def test_unreachable_kafka_exits_1_with_a_clear_message(
     result = invoke("--from", "orders.dlq", "-c", str(config))
     assert result.exit_code == 1, result.output
     assert "cannot read 'orders.dlq' from Kafka at 127.0.0.1:9" in result.output
+
+
+# -- trust: which letters a replay may send, and where ----------------------------------------
+
+
+def with_headers(letter: DeadLetter, **extra: bytes) -> DeadLetter:
+    """``letter`` with headers appended (``ckb_replay_count`` names ``ckb.replay.count``)."""
+    added = tuple((name.replace("_", "."), value) for name, value in extra.items())
+    record = letter.record
+    return DeadLetter.from_record(replace(record, headers=(*record.headers, *added)))
+
+
+TRUSTED = Trust(group="bridge-group", consumed=lambda topic: topic == "orders", max_replays=3)
+
+
+def test_a_dead_letter_parses_its_group_and_replay_count() -> None:
+    letter = dead_letter()
+    assert letter.group == "bridge-group"
+    assert letter.replays == 0  # never replayed: no header
+    assert with_headers(letter, ckb_replay_count=b"2").replays == 2
+    for garbled in (b"two", b"-1", b""):
+        assert with_headers(letter, ckb_replay_count=garbled).replays is None
+    assert foreign().group is None
+
+
+def test_trusted_letters_are_replayed() -> None:
+    selection = Selection(trust=TRUSTED)
+    assert selection.judge(dead_letter()) == (Verdict.REPLAY, None)
+    assert selection.judge(with_headers(dead_letter(), ckb_replay_count=b"2")) == (
+        Verdict.REPLAY,
+        None,
+    )
+
+
+def test_a_letter_of_another_group_is_refused_unless_any_group() -> None:
+    other = with_headers(dead_letter(), ckb_group=b"someone-else")  # the last value counts
+    assert Selection(trust=TRUSTED).judge(other) == (Verdict.REFUSED, Refusal.OTHER_GROUP)
+    # not a ckb dead letter at all: no group either, even with --to
+    to = Selection(to_topic="elsewhere", trust=TRUSTED)
+    assert to.judge(foreign()) == (Verdict.REFUSED, Refusal.OTHER_GROUP)
+    any_group = Trust(group=None, consumed=TRUSTED.consumed)
+    assert Selection(trust=any_group).judge(other) == (Verdict.REPLAY, None)
+
+
+def test_a_letter_for_a_topic_no_route_consumes_needs_to_or_allow_any_topic() -> None:
+    legacy = dead_letter(source=Record("legacy", 0, 1, b"k", b"v", (), 1))
+    assert Selection(trust=TRUSTED).judge(legacy) == (Verdict.REFUSED, Refusal.UNROUTED_TOPIC)
+    assert Selection(to_topic="legacy", trust=TRUSTED).judge(legacy) == (Verdict.REPLAY, None)
+    anywhere = Trust(group="bridge-group", consumed=None)
+    assert Selection(trust=anywhere).judge(legacy) == (Verdict.REPLAY, None)
+
+
+def test_a_letter_replayed_max_replays_times_is_refused() -> None:
+    selection = Selection(trust=TRUSTED)
+    for count in (b"3", b"4", b"99", b"garbled"):
+        letter = with_headers(dead_letter(), ckb_replay_count=count)
+        assert selection.judge(letter) == (Verdict.REFUSED, Refusal.MAX_REPLAYS), count
+    once = Selection(trust=Trust(max_replays=1))
+    assert once.judge(with_headers(dead_letter(), ckb_replay_count=b"1"))[0] is Verdict.REFUSED
+    assert once.judge(dead_letter())[0] is Verdict.REPLAY
+
+
+def test_filters_and_skipping_come_before_refusals() -> None:
+    other = with_headers(dead_letter("decode_error"), ckb_group=b"someone-else")
+    selection = Selection(reasons=frozenset({"task_failed"}), trust=TRUSTED)
+    assert selection.judge(other) == (Verdict.FILTERED, None)
+    assert Selection(trust=TRUSTED).judge(foreign()) == (Verdict.SKIPPED, None)
+
+
+def test_the_default_trust_checks_only_the_replay_count() -> None:
+    assert Trust().max_replays == DEFAULT_MAX_REPLAYS == 3
+    other = with_headers(dead_letter(), ckb_group=b"someone-else")
+    assert Selection().judge(other) == (Verdict.REPLAY, None)
+    tired = with_headers(dead_letter(), ckb_replay_count=b"3")
+    assert Selection().judge(tired) == (Verdict.REFUSED, Refusal.MAX_REPLAYS)
+
+
+def test_trust_from_the_settings_and_the_options() -> None:
+    settings = Settings(
+        kafka=KafkaSettings(group_id="bridge-group"),
+        routes=[Route(topic="orders", task="t"), Route(topic="^events\\..*", task="t")],
+    )
+    trust = trust_for(settings, any_group=False, allow_any_topic=False, max_replays=5)
+    assert (trust.group, trust.max_replays) == ("bridge-group", 5)
+    assert trust.consumed is not None
+    assert trust.consumed("orders") and trust.consumed("events.a")
+    assert not trust.consumed("legacy") and not trust.consumed("events.a.dlq")
+    loose = trust_for(settings, any_group=True, allow_any_topic=True, max_replays=3)
+    assert (loose.group, loose.consumed) == (None, None)
+
+
+def test_a_replayed_record_carries_its_replay_count() -> None:
+    producer = FakeProducer()
+    twice = with_headers(dead_letter(), ckb_replay_count=b"2")
+    run_replayer([dead_letter(dlq_offset=0), replace_offset(twice, 1)], producer)
+    assert [p["headers"] for p in producer.produced] == [
+        [*OWN_HEADERS, ("ckb.replay.count", b"1")],
+        [*OWN_HEADERS, ("ckb.replay.count", b"3")],
+    ]
+
+
+def replace_offset(letter: DeadLetter, offset: int) -> DeadLetter:
+    return DeadLetter.from_record(replace(letter.record, offset=offset))
+
+
+def test_the_bridge_keeps_the_replay_count_when_it_dead_letters_a_replayed_record() -> None:
+    """Without it every cycle would start again at 0 and --max-replays would never bite."""
+    replayed = Record("orders", 0, 9, b"k", b"v", (("a", b"1"), ("ckb.replay.count", b"2")), 1)
+    headers = dlq_headers(replayed, Failure("task_failed"), "bridge-group", NOW)
+    assert header_text(headers, "ckb.replay.count") == "2"
+    assert sum(1 for name, _ in headers if name == "ckb.replay.count") == 1
+    assert DeadLetter.from_record(Record("orders.dlq", 0, 0, b"k", b"v", headers, 1)).replays == 2
+
+
+def test_refused_letters_are_counted_reported_and_committed_past_not_produced() -> None:
+    producer = FakeProducer()
+    batch = [
+        replace_offset(dead_letter(), 0),
+        replace_offset(with_headers(dead_letter(), ckb_group=b"someone-else"), 1),
+        replace_offset(with_headers(dead_letter(), ckb_replay_count=b"3"), 2),
+        replace_offset(with_headers(dead_letter("no_route"), ckb_replay_count=b"7"), 3),
+        replace_offset(dead_letter(), 4),
+    ]
+    commits, replayer = run_replayer(batch, producer, Selection(trust=TRUSTED))
+    assert len(producer.produced) == 2
+    assert commits.commits == [{0: 5}]
+    stats = replayer.result.stats
+    assert stats.refusals == {"other_group": 1, "max_replays": 2}
+    assert stats.by_reason["task_failed"] == {"replayed": 2, "refused": 2}
+    assert stats.by_reason["no_route"] == {"refused": 1}
+    assert stats.summary_line() == ("examined 5, replayed 2, filtered out 0, skipped 0, refused 3")
+    assert replayer.result.refused == []  # listed by a dry run only
+
+
+def test_a_dry_run_lists_the_refused_letters_with_why() -> None:
+    batch = [
+        replace_offset(dead_letter(), 0),
+        replace_offset(with_headers(dead_letter(), ckb_replay_count=b"3"), 1),
+    ]
+    _, replayer = run_replayer(batch, None, Selection(trust=TRUSTED))
+    assert len(replayer.result.selected) == 1
+    assert replayer.result.refused == [(*listing_row(batch[1]), "max_replays")]
+
+
+def test_summary_says_what_was_refused_why_and_how_to_replay_it() -> None:
+    result = ReplayResult()
+    result.stats.count("task_failed", "replayed")
+    for refusal in (Refusal.OTHER_GROUP, Refusal.UNROUTED_TOPIC, Refusal.MAX_REPLAYS):
+        result.stats.count("task_failed", "refused", refusal)
+    buffer = io.StringIO()
+    options = ReplayOptions("orders.dlq", "g", Selection(trust=TRUSTED))
+    render_summary(result, options, Console(file=buffer, width=200))
+    output = buffer.getvalue()
+    assert "done: examined 4, replayed 1, filtered out 0, skipped 0, refused 3" in output
+    assert "refused 1: ckb.group is not bridge-group" in output and "--any-group" in output
+    assert "no route consumes" in output and "--allow-any-topic" in output
+    assert "--max-replays (3)" in output
+    assert "they stay in orders.dlq" in output
+    assert "committed past under group g" in output
+
+
+def test_max_replays_must_be_at_least_one() -> None:
+    result = invoke("--from", "orders.dlq", "--max-replays", "0")
+    assert result.exit_code == 2, result.output
+    assert "'--max-replays'" in result.output
+
+
+def test_the_command_line_builds_the_trust_from_the_config(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[ReplayOptions] = []
+
+    def fake_run(_kafka: KafkaSettings, options: ReplayOptions) -> ReplayResult:
+        seen.append(options)
+        return ReplayResult()
+
+    monkeypatch.setattr("bridge.replay.run_with_progress", fake_run)
+    config = tmp_path / "bridge.yaml"
+    config.write_text("kafka: {group_id: bridge-group}\nroutes: [{topic: orders, task: t}]\n")
+    assert invoke("--from", "orders.dlq", "-c", str(config)).exit_code == 0
+    flags = ("--any-group", "--allow-any-topic", "--max-replays", "5")
+    assert invoke("--from", "orders.dlq", "-c", str(config), *flags).exit_code == 0
+    strict, loose = (options.selection.trust for options in seen)
+    assert (strict.group, strict.max_replays) == ("bridge-group", 3)
+    assert strict.consumed is not None and strict.consumed("orders")
+    assert not strict.consumed("legacy")
+    assert (loose.group, loose.consumed, loose.max_replays) == (None, None, 5)
