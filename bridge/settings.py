@@ -39,7 +39,8 @@ CLASSIC_ONLY = ("partition.assignment.strategy", "session.timeout.ms", "heartbea
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf/nan in a timeout or grace would raise deep in the loop (issue 10): refused here
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class KafkaSettings(Strict):
@@ -107,6 +108,8 @@ class Route(Strict):
     max_payload_bytes: int = Field(default=1_048_576, ge=1)
     #: deeper JSON goes to the DLQ (decode_error); Python's codec is unsafe past ~500
     max_json_depth: int = Field(default=64, ge=1, le=DEPTH_CEILING)
+    #: record bytes (value, key, headers) open per partition before it pauses
+    max_in_flight_bytes: int = Field(default=64 * 2**20, ge=1)
 
     @field_validator("topic")
     @classmethod
@@ -140,6 +143,8 @@ class Route(Strict):
 
 class Limits(Strict):
     max_in_flight_total: int = Field(default=10_000, ge=1)
+    #: record bytes open over all partitions before they all pause (see README, memory)
+    max_in_flight_bytes_total: int = Field(default=256 * 2**20, ge=1)
     revoke_grace: float = Field(default=20.0, ge=0)
     shutdown_grace: float = Field(default=30.0, ge=0)
     #: resume a paused partition once its open records fall to this fraction of the cap
