@@ -147,3 +147,17 @@ def test_the_broker_is_reached_through_celery_which_reads_its_tls_itself(
     connection = app.connection_for_write()
     assert connection.ssl == {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": "/ca.pem"}
     connection.release()
+
+
+def test_the_bridge_builds_its_redis_clients_this_way() -> None:
+    """``build_bridge`` goes through :func:`result_backend_params`: a TLS setting Celery
+    refuses stops it before anything starts (redis-py's ``from_url`` took it silently)."""
+    from bridge.service import build_bridge
+    from bridge.settings import Route, Settings
+
+    settings = Settings(
+        celery=CelerySettings(result_backend="rediss://:s3cret@redis.example:6380/1"),
+        routes=[Route(topic="orders", task="t")],
+    )
+    with pytest.raises(ConfigError, match="ssl_cert_reqs"):
+        build_bridge(settings)
