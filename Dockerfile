@@ -24,9 +24,13 @@ RUN python -m venv /opt/ckb \
 ############################# runtime #############################
 FROM python:3.11-slim
 
+# CKB_METRICS__HOST: the package serves its ops port on 127.0.0.1; a container must listen
+# on its own interface for a published port, other containers or the kubelet's probes to
+# reach it (the variable wins over the config file: set it to bind otherwise)
 ENV PATH=/opt/ckb/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    CKB_METRICS__HOST=0.0.0.0
 
 # numeric, non-root user, so Kubernetes' runAsNonRoot can verify it
 RUN groupadd --system --gid 10001 ckb \
@@ -34,7 +38,8 @@ RUN groupadd --system --gid 10001 ckb \
         --shell /usr/sbin/nologin ckb
 
 COPY --from=build /opt/ckb /opt/ckb
-# a default config (127.0.0.1 everywhere); compose and Kubernetes mount their own here
+# a default config (127.0.0.1 everywhere but the ops port, see CKB_METRICS__HOST above);
+# compose and Kubernetes mount their own here
 COPY config/bridge.yaml /etc/ckb/bridge.yaml
 
 WORKDIR /home/ckb

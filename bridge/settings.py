@@ -185,7 +185,8 @@ class DeadLetterSettings(Strict):
 
 class MetricsSettings(Strict):
     enabled: bool = True
-    host: str = "0.0.0.0"
+    #: the ops port has no authentication: this machine only, unless a config says otherwise
+    host: str = "127.0.0.1"
     port: int = Field(default=9108, ge=0, le=65535)
 
 

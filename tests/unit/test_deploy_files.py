@@ -41,7 +41,7 @@ from bridge.cli import main as ckb_main
 from bridge.loop import SHUTDOWN_OVERHEAD
 from bridge.routing import Router
 from bridge.secrets import is_secret_key, mask_url
-from bridge.settings import Settings, load_settings
+from bridge.settings import MetricsSettings, Settings, load_settings
 from tasks.celeryconfig import settings_from_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,7 +91,7 @@ TARGET_LABELS = frozenset({"job", "instance"})
 #: series that are not the bridge's but may appear in expressions
 OTHER_SERIES = {"up": frozenset()}
 CKB_NAME = re.compile(r"ckb_[a-z_]+")
-K8S_NATIVE_KINDS = {"ConfigMap", "Secret", "Service", "Deployment"}
+K8S_NATIVE_KINDS = {"ConfigMap", "Secret", "Service", "Deployment", "NetworkPolicy"}
 #: Kubernetes versions the manifests must validate against (oldest supported, newest shipped)
 K8S_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 
@@ -453,6 +453,30 @@ def test_compose_bridge_config_passes_settings_validation() -> None:
     assert settings.celery.broker_url.startswith("redis://redis:6379/")
     assert settings.celery.result_backend.startswith("redis://redis:6379/")
     assert (settings.metrics.host, settings.metrics.port) == ("0.0.0.0", 9108)
+
+
+def dockerfile_env() -> dict[str, str]:
+    found: dict[str, str] = {}
+    for command in final_stage():
+        if command.cmd.upper() == "ENV":
+            pairs = command.value
+            found.update(zip(pairs[::2], pairs[1::2], strict=True))
+    return found
+
+
+def test_the_package_binds_loopback_and_containers_bind_explicitly() -> None:
+    """The ops port answers anyone who can reach it: only a container opens it to its network."""
+    assert MetricsSettings().host == "127.0.0.1"
+    # the demo and development config runs on the host: loopback
+    assert load_yaml(REPO / "config" / "bridge.yaml")["metrics"]["host"] == "127.0.0.1"
+    # a container must listen on its interface (published port, other containers, probes):
+    # the image says so, and so do the configs mounted into compose and Kubernetes
+    assert dockerfile_env()["CKB_METRICS__HOST"] == "0.0.0.0"
+    assert load_yaml(COMPOSE_BRIDGE)["metrics"]["host"] == "0.0.0.0"
+    assert yaml.safe_load(configmap()["data"]["bridge.yaml"])["metrics"]["host"] == "0.0.0.0"
+    # and compose publishes it on the host's loopback only
+    port = load_yaml(COMPOSE_BRIDGE)["metrics"]["port"]
+    assert compose()["services"]["bridge"]["ports"] == [f"127.0.0.1:{port}:{port}"]
 
 
 def test_configmap_config_passes_settings_validation(tmp_path: Path) -> None:
@@ -887,6 +911,64 @@ def test_bridge_deployment(tmp_path: Path) -> None:
     volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "config")
     assert config_path == f"{mount['mountPath']}/{volume['configMap']['items'][0]['path']}"
     assert volume["configMap"]["name"] == configmap()["metadata"]["name"]
+
+
+def network_policy_problems(policy: dict[str, Any], pod_labels: dict[str, str]) -> list[str]:
+    """What would let more than Prometheus reach the bridge's port (kubelet probes come from
+    the node, which a NetworkPolicy always admits)."""
+    spec = policy["spec"]
+    problems = []
+    selected = spec["podSelector"].get("matchLabels", {})
+    if not selected or any(pod_labels.get(k) != v for k, v in selected.items()):
+        problems.append("podSelector does not select the bridge pods")
+    if "Ingress" not in spec.get("policyTypes", []):
+        problems.append("policyTypes lacks Ingress: nothing is restricted")
+    for rule in spec.get("ingress", []):
+        if not rule.get("from"):
+            problems.append("a rule admits every source")
+        for peer in rule.get("from", []):
+            if "ipBlock" in peer or not peer.get("podSelector", {}).get("matchLabels"):
+                problems.append(f"a rule admits more than labelled pods: {peer}")
+        ports = rule.get("ports", [])
+        if not ports or any(p.get("port") not in ("metrics", 9108) for p in ports):
+            problems.append(f"a rule admits ports other than metrics: {ports}")
+    return problems
+
+
+def test_network_policy_admits_only_prometheus_to_the_metrics_port() -> None:
+    kustomization = load_yaml(DEPLOY / "kustomization.yaml")
+    assert "network-policy.yaml" in kustomization["resources"]
+    policy = objects("NetworkPolicy")["ckb-bridge"]
+    pod_labels = objects("Deployment")["ckb-bridge"]["spec"]["template"]["metadata"]["labels"]
+    assert network_policy_problems(policy, pod_labels) == []
+    [rule] = policy["spec"]["ingress"]
+    [peer] = rule["from"]
+    assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    assert "namespaceSelector" in peer
+    ports = {p["name"]: p["containerPort"] for p in container("ckb-bridge")["ports"]}
+    assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert list(ports) == ["metrics"]  # the bridge serves no other port
+    # the workers serve nothing: the policy leaves them alone
+    worker = objects("Deployment")["ckb-worker"]["spec"]["template"]["metadata"]["labels"]
+    assert network_policy_problems(policy, worker) != []
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda s: s["ingress"][0].pop("from"), "every source"),
+        (lambda s: s["ingress"][0]["from"].append({"ipBlock": {"cidr": "0.0.0.0/0"}}), "more than"),
+        (lambda s: s["ingress"][0]["from"][0].update(podSelector={}), "more than"),
+        (lambda s: s["ingress"][0].pop("ports"), "other than metrics"),
+        (lambda s: s.update(policyTypes=["Egress"]), "lacks Ingress"),
+        (lambda s: s["podSelector"].update(matchLabels={"app": "other"}), "does not select"),
+    ],
+)
+def test_network_policy_check_catches_mistakes(change: Any, problem: str) -> None:
+    policy = json.loads(json.dumps(objects("NetworkPolicy")["ckb-bridge"]))
+    pod_labels = objects("Deployment")["ckb-bridge"]["spec"]["template"]["metadata"]["labels"]
+    change(policy["spec"])
+    assert any(problem in p for p in network_policy_problems(policy, pod_labels))
 
 
 def secret_env(name: str) -> dict[str, str]:
