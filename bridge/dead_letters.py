@@ -226,7 +226,7 @@ class DeadLetterWriter:
             return  # the partition has a new owner, who dead-letters it again if needed
         kind = classify(error)
         item.last_error = describe(error)
-        if kind is WriteError.FATAL:
+        if kind is WriteError.FATAL and self._rebuild is not None:
             self._broken = True
             self._retry.append((0.0, item))  # again through the rebuilt producer
             return

@@ -706,3 +706,14 @@ def test_dead_letters_are_compressed_unless_configured_otherwise() -> None:
     own = KafkaSettings(producer={"compression.type": "lz4"})
     assert producer_config(own)["compression.type"] == "lz4"
     Producer(producer_config(KafkaSettings()))  # this librdkafka build has zstd
+
+
+def test_a_fatal_error_without_a_way_to_rebuild_backs_off(clock: Clock) -> None:
+    producer = FakeProducer()
+    fatal = KafkaException(KafkaError(KafkaError._FATAL, "x", fatal=True))
+    producer.raise_on_produce = [fatal] * 10
+    writer = DeadLetterWriter(producer, group="g")
+    writer.send(make_record(), "orders.dlq", FAILURE, Done())
+    for _ in range(5):
+        writer.poll()
+    assert len(producer.raise_on_produce) == 9, "one attempt, then a backoff"
