@@ -51,6 +51,11 @@ def main() -> None:
 @config_option
 def run(config_path: Path | None) -> None:
     """Run the bridge until SIGTERM/SIGINT."""
+    # before the imports below: an old kombu fails the dispatcher's import with a traceback
+    from bridge.compat import kombu_problem
+
+    if problem := kombu_problem():
+        fail(problem, EXIT_USAGE)
     from bridge.logging_setup import configure_logging
     from bridge.loop import FatalConsumerError
     from bridge.service import build_bridge, install_signal_handlers
@@ -77,6 +82,8 @@ def run(config_path: Path | None) -> None:
             os._exit(0)
     except FatalConsumerError as exc:
         fail(str(exc))
+    except ConfigError as exc:  # found while building: e.g. TLS settings Celery refuses
+        fail(str(exc), EXIT_USAGE)
     except Exception as exc:  # KafkaException on bad client config, …
         log.exception("bridge stopped by an error")
         fail(f"{type(exc).__name__}: {exc}")

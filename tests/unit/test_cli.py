@@ -72,3 +72,25 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     code, output = run(tmp_path, GOOD)
     assert code == 0
     assert "bootstrap_servers: broker-from-env:9093" in output
+
+
+def test_run_exits_2_on_a_tls_setting_celery_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found while building the bridge (Celery reads the result backend's TLS settings):
+    a usage error with the fix, no traceback, and no password."""
+    # the root logger stays pytest's: no handler on the runner's soon-closed streams
+    monkeypatch.setattr("bridge.logging_setup.configure_logging", lambda *_args: None)
+    config = tmp_path / "bridge.yaml"
+    config.write_text(
+        "kafka: {bootstrap_servers: '127.0.0.1:9'}\n"
+        "celery: {result_backend: 'rediss://:s3cret@127.0.0.1:6380/1'}\n"
+        "routes: [{topic: orders, task: t}]\nmetrics: {port: 0}\n"
+    )
+    result = CliRunner().invoke(main, ["run", "-c", str(config)])
+    assert result.exit_code == 2, result.output
+    assert "celery.result_backend: A rediss:// URL must have parameter ssl_cert_reqs" in (
+        result.output
+    )
+    assert "Traceback" not in result.output
+    assert "s3cret" not in result.output
