@@ -80,6 +80,18 @@ def mask_url(url: str) -> str:
     return mask_text(url)
 
 
+def password_needs_encoding(url: str) -> bool:
+    """Whether a URL's password holds ``/``, ``?`` or ``#`` unencoded (of each URL of a
+    ``;``-separated failover list): a URL parser ends the host part there and reads the
+    password's start as the port, and says so in its error (``... as 'hun'``)."""
+    for part in url.split(";"):
+        scheme, found, rest = part.partition("://")
+        authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+        if found and scheme and "@" not in authority and "@" in rest:
+            return True
+    return False
+
+
 def is_secret_key(name: str) -> bool:
     return bool(_SECRET_KEY.search(name))
 

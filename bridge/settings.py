@@ -20,7 +20,7 @@ from pydantic_settings import (
 )
 
 from bridge.core.vocabulary import DLQ_SUFFIX, default_dlq_topic
-from bridge.secrets import mask_text
+from bridge.secrets import mask_text, password_needs_encoding
 from bridge.strict_json import DEPTH_CEILING
 
 CallMode = Literal["arg", "kwargs", "envelope"]
@@ -84,6 +84,16 @@ class CelerySettings(Strict):
     default_queue: str = "celery"
     #: extra Celery configuration for the bridge's own app (e.g. broker_use_ssl)
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("broker_url", "result_backend")
+    @classmethod
+    def _password_encoded(cls, value: str) -> str:
+        if password_needs_encoding(value):  # the message must not show the URL: a secret
+            raise ValueError(
+                "the password in this URL holds '/', '?' or '#': percent-encode it "
+                "(/ as %2F, ? as %3F, # as %23, @ as %40)"
+            )
+        return value
 
     @field_validator("result_backend")
     @classmethod

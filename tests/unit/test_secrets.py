@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from bridge.cli import main as ckb_main
 from bridge.secrets import MASK, is_secret_key, mask, mask_text, mask_url
 
 PASSWORD = "hunter2-Zq9"
@@ -226,3 +229,37 @@ def test_mask_text_is_linear_on_hostile_text(text: str) -> None:
     started = time.perf_counter()
     mask_text(text)
     assert time.perf_counter() - started < 1.0
+
+
+CHECKED_CONFIG = """\
+kafka:
+  consumer:
+    sasl.password: 0123
+    sasl.oauthbearer.config: clientId=bridge clientSecret=Oauth-S3cret
+    ssl.keystore.passphrase: keystore-pass
+celery:
+  broker_url: redis://bridge:br%2Fsecret@redis:6379/0
+  result_backend: redis://redis:6379/1?password=rb-secret
+  options:
+    broker_transport_options: {sentinel_kwargs: {password: sentinel-secret}}
+routes: [{topic: orders, task: tasks.examples.process_order}]
+"""
+
+
+def test_check_config_prints_no_secret(tmp_path: Path) -> None:
+    config = tmp_path / "bridge.yaml"
+    config.write_text(CHECKED_CONFIG, encoding="utf-8")
+    result = CliRunner().invoke(ckb_main, ["check-config", "-c", str(config)])
+    assert result.exit_code == 0, result.output
+    printed = result.stdout + result.stderr
+    for secret in (
+        "0123",
+        "Oauth-S3cret",
+        "keystore-pass",
+        "br%2Fsecret",
+        "rb-secret",
+        "sentinel-secret",
+    ):
+        assert secret not in printed, secret
+    assert "sasl.oauthbearer.config: '****'" in printed
+    assert "redis://bridge:****@redis:6379/0" in printed

@@ -446,3 +446,23 @@ def test_a_yaml_syntax_error_does_not_print_a_secret(tmp_path: Path) -> None:
         assert "not valid YAML" in message
         assert "line 3" in message
         assert "hunt3r2" not in message
+
+
+@pytest.mark.parametrize("char", ["/", "?", "#"])
+@pytest.mark.parametrize("field", ["broker_url", "result_backend"])
+def test_a_url_password_that_needs_percent_encoding_is_refused_unseen(
+    tmp_path: Path, field: str, char: str
+) -> None:
+    """urllib (so kombu and redis-py) would cut the URL at the character and fail with
+    "Port could not be cast to integer value as 'hun'": part of the password, in a log."""
+    url = f"redis://:hun{char}ter2@redis:6379/0"
+    message = config_error(tmp_path, f"celery: {{{field}: '{url}'}}\n" + MINIMAL_ROUTES)
+    assert f"celery.{field}" in message
+    assert "percent-encode" in message and "%2F" in message
+    assert "hun" not in message and "ter2" not in message
+
+
+def test_percent_encoded_and_plain_urls_pass(tmp_path: Path) -> None:
+    text = "celery: {broker_url: 'redis://u:hun%2Fter2@redis:6379/0', result_backend: 'redis://redis/1'}\n"
+    settings = load_settings(write(tmp_path, text + MINIMAL_ROUTES))
+    assert settings.celery.broker_url == "redis://u:hun%2Fter2@redis:6379/0"
