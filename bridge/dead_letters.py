@@ -122,6 +122,8 @@ class DeadLetterWriter:
         self._alone_now: Letter | None = None
         self._outage = OutageLog(log, "dead-letter topic")
         self._said: set[tuple[str, str]] = set()
+        #: topics that refuse dead letters now: the error and its fix (until one lands)
+        self._refusing: dict[str, tuple[str, str]] = {}
         self._values_dropped: Counter[str] = Counter()
         self._loops_stopped: Counter[str] = Counter()
         self._rebuilds = 0
@@ -212,9 +214,8 @@ class DeadLetterWriter:
         self._sending.add(item)
 
     def _landed(self, item: Letter) -> None:
-        said = {key for key in self._said if key[0] == item.topic}
-        if item.refused is not None and said:
-            self._said -= said  # a new refusal is said again
+        if self._refusing.pop(item.topic, None) is not None:
+            self._said -= {key for key in self._said if key[0] == item.topic}  # said again
             log.warning("dead letters to %s are written again", item.topic)
         self._outage.recovered()
         if item.dropped is not None:
@@ -253,6 +254,8 @@ class DeadLetterWriter:
             found = kafka_error(error)
             fix = REFUSED_FIX.get(found.code(), "") if found is not None else ""
             self._refuse(item, fix or "see the error")
+        elif item.topic in self._refusing:  # librdkafka then says _UNKNOWN_TOPIC, for instance
+            item.last_error, item.refused = self._refusing[item.topic]
         else:
             item.refused = None
             self._outage.failed(error if isinstance(error, BaseException) else RuntimeError(error))
@@ -260,6 +263,7 @@ class DeadLetterWriter:
 
     def _refuse(self, item: Letter, fix: str) -> None:
         item.refused = fix
+        self._refusing[item.topic] = (item.last_error, fix)
         if (item.topic, item.last_error) not in self._said:
             self._said.add((item.topic, item.last_error))
             log.error(

@@ -717,3 +717,24 @@ def test_a_fatal_error_without_a_way_to_rebuild_backs_off(clock: Clock) -> None:
     for _ in range(5):
         writer.poll()
     assert len(producer.raise_on_produce) == 9, "one attempt, then a backoff"
+
+
+def test_after_a_refusal_an_unknown_topic_is_the_same_refusal(clock: Clock) -> None:
+    # librdkafka answers TOPIC_EXCEPTION once, then refuses that topic locally (_UNKNOWN_TOPIC)
+    producer = FakeProducer()
+    invalid = KafkaError(KafkaError.TOPIC_EXCEPTION)
+    unknown = KafkaException(KafkaError(KafkaError._UNKNOWN_TOPIC))
+    writer = DeadLetterWriter(producer, group="g")
+    first, second = make_record(offset=1), make_record(offset=2)
+    writer.send(first, "bad..name", FAILURE, Done())
+    producer.fail_next_deliveries = [invalid]
+    writer.poll()
+    producer.raise_on_produce = [unknown] * 4
+    writer.send(second, "bad..name", FAILURE, Done())
+    for _ in range(2):
+        clock.now += 31
+        writer.poll()
+    assert writer.pending == 2
+    assert writer.pending_for() == 0, "neither letter can land: a shutdown need not wait"
+    problem = writer.state().problem
+    assert problem is not None and "TOPIC_EXCEPTION" in problem
