@@ -154,7 +154,7 @@ def status(config_path: Path | None, as_json: bool, bridges: tuple[str, ...]) ->
 
 @main.group()
 def stack() -> None:
-    """A local Kafka (KRaft) + Redis for trying things out; no Docker needed."""
+    """A local Kafka (KRaft) + Redis (+ Flower) for trying things out; no Docker needed."""
 
 
 state_dir_option = click.option(
@@ -165,26 +165,37 @@ state_dir_option = click.option(
 )
 
 
+flower_option = click.option("--flower", is_flag=True, help="Also start Flower on 127.0.0.1.")
+flower_port_option = click.option("--flower-port", type=int, help="Default 5555; implies --flower.")
+
+
 @stack.command("up")
 @click.option("--kafka-port", type=int, default=9092, show_default=True)
 @click.option("--redis-port", type=int, default=6379, show_default=True)
+@flower_option
+@flower_port_option
 @state_dir_option
-def stack_up(kafka_port: int, redis_port: int, state_dir: Path | None) -> None:
-    """Start Kafka and Redis in the background (idempotent)."""
-    from bridge.stack import LocalStack, StackError
+def stack_up(
+    kafka_port: int, redis_port: int, flower: bool, flower_port: int | None, state_dir: Path | None
+) -> None:
+    """Start Kafka and Redis (and Flower) in the background (idempotent)."""
+    from bridge.stack import LocalStack, StackError, flower_port_for
 
-    local = LocalStack(state_dir, kafka_port=kafka_port, redis_port=redis_port)
+    wanted = flower_port_for(flower, flower_port)
+    local = LocalStack(state_dir, kafka_port=kafka_port, redis_port=redis_port, flower_port=wanted)
     try:
         info = local.up(progress=lambda line: click.echo(line, err=True))
     except StackError as exc:
         fail(str(exc))
     click.echo(f"kafka: {info.kafka_bootstrap}\nredis: {info.redis_url}")
+    if info.flower_url is not None:
+        click.echo(f"flower: {info.flower_url}")
 
 
 @stack.command("down")
 @state_dir_option
 def stack_down(state_dir: Path | None) -> None:
-    """Stop the local Kafka and Redis."""
+    """Stop the local Kafka, Redis and Flower."""
     from bridge.stack import LocalStack, StackError
 
     try:
@@ -198,14 +209,14 @@ def stack_down(state_dir: Path | None) -> None:
 @state_dir_option
 @click.option("--json", "as_json", is_flag=True)
 def stack_status(state_dir: Path | None, as_json: bool) -> None:
-    """Whether the local Kafka and Redis run, and where."""
+    """Whether the local Kafka, Redis (and Flower) run, and where."""
     from bridge.stack import LocalStack
 
     report: dict[str, Any] = LocalStack(state_dir).status()
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    for name in ("kafka", "redis"):
+    for name in ("kafka", "redis", "flower") if report["flower"]["url"] else ("kafka", "redis"):
         part = report[name]
         where = part.get("bootstrap") or part.get("url")
         state = "running" if part["running"] else "stopped"
@@ -221,6 +232,8 @@ def stack_status(state_dir: Path | None, as_json: bool) -> None:
 @click.option("--redis-port", type=int, default=6379, show_default=True)
 @state_dir_option
 @click.option("--keep-stack", is_flag=True, help="Leave Kafka and Redis running afterwards.")
+@flower_option
+@flower_port_option
 def demo(
     records: int,
     partitions: int,
@@ -228,9 +241,12 @@ def demo(
     redis_port: int,
     state_dir: Path | None,
     keep_stack: bool,
+    flower: bool,
+    flower_port: int | None,
 ) -> None:
     """Local Kafka + Redis + worker + bridge + sample traffic, with live progress."""
     from bridge.demo import DemoError, run_demo
+    from bridge.stack import flower_port_for
 
     try:
         run_demo(
@@ -240,6 +256,7 @@ def demo(
             redis_port=redis_port,
             state_dir=state_dir,
             keep_stack=keep_stack,
+            flower_port=flower_port_for(flower, flower_port),
         )
     except DemoError as exc:
         fail(str(exc))

@@ -2,7 +2,8 @@
 
 Starts (or reuses) the local stack, a Celery worker with the example tasks, a bridge in this
 process, and produces sample orders (a few malformed on purpose, to show the dead-letter
-topic). Ctrl-C stops everything it started.
+topic). Ctrl-C stops everything it started. With Flower (``--flower``) the worker sends task
+events, and the stack stays up afterwards so the tasks can be looked at; ``ckb stack down``.
 """
 
 from __future__ import annotations
@@ -88,14 +89,20 @@ def write_config(settings: Settings, state_dir: Path) -> Path:
     return path
 
 
+def worker_command(flower: bool) -> list[str]:
+    """The demo worker; with Flower watching it sends task events (``-E``) from the start."""
+    command = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", DEMO_QUEUE,
+               "-c", "4", "--loglevel", "WARNING", "-n", "ckb-demo@%h"]  # fmt: skip
+    return [*command, "-E"] if flower else command
+
+
 def start_worker(info: StackInfo, log_path: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "CKB_CELERY__BROKER_URL": f"{info.redis_url}/0",
         "CKB_CELERY__RESULT_BACKEND": f"{info.redis_url}/1",
     }
-    command = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", DEMO_QUEUE,
-               "-c", "4", "--loglevel", "WARNING", "-n", "ckb-demo@%h"]  # fmt: skip
+    command = worker_command(flower=info.flower_url is not None)
     with log_path.open("ab") as log:
         return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -158,7 +165,9 @@ def watch(bridge: Bridge, thread: threading.Thread, run: DemoRun, console: Conso
             time.sleep(0.2)
 
 
-def summary(console: Console, run: DemoRun, bridge: Bridge, elapsed: float) -> None:
+def summary(
+    console: Console, run: DemoRun, bridge: Bridge, elapsed: float, flower_url: str | None
+) -> None:
     totals = bridge.totals
     table = Table(title="demo summary", show_header=False)
     table.add_row("records produced", str(run.records))
@@ -167,8 +176,14 @@ def summary(console: Console, run: DemoRun, bridge: Bridge, elapsed: float) -> N
     table.add_row("committed offsets (sum)", str(sum(totals.committed.values())))
     table.add_row("time", f"{elapsed:.1f}s ({run.records / elapsed:.0f} records/s)")
     console.print(table)
+    if flower_url is not None:
+        console.print(
+            f"Flower: [bold]{flower_url}/tasks[/] lists every task by its id; it keeps running "
+            "with Kafka and Redis until [bold]ckb stack down[/]"
+        )
+    keep = "" if flower_url else " (run [bold]ckb demo --keep-stack[/] to keep Kafka and Redis up)"
     console.print(
-        "Where to look next (run [bold]ckb demo --keep-stack[/] to keep Kafka and Redis up):\n"
+        f"Where to look next{keep}:\n"
         f"  ckb status -c {run.config_path}\n      committed offset, end offset and lag\n"
         f"  ckb check-config -c {run.config_path}\n      the effective config\n"
         f"  dead letters: topic [bold]{run.topic}.dlq[/] (headers ckb.reason, ckb.error.*)\n"
@@ -183,15 +198,24 @@ def run_demo(
     redis_port: int,
     state_dir: Path | None,
     keep_stack: bool,
+    flower_port: int | None = None,
 ) -> None:
     console = Console()
     configure_logging("WARNING")
-    stack = LocalStack(state_dir, kafka_port=kafka_port, redis_port=redis_port)
+    stack = LocalStack(
+        state_dir, kafka_port=kafka_port, redis_port=redis_port, flower_port=flower_port
+    )
     was_running = stack.status()["kafka"]["running"]
     try:
         info = stack.up(progress=lambda line: console.print(f"[dim]{line}[/]"))
     except StackError as exc:
         raise DemoError(str(exc)) from exc
+    if info.flower_url is not None:
+        keep_stack = True  # Flower is for looking at the tasks after the run
+        console.print(
+            f"Flower: [bold]{info.flower_url}[/] (task list: {info.flower_url}/tasks); "
+            "it stays up after the demo, `ckb stack down` stops it"
+        )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     topic, group = f"demo-orders-{stamp}", f"ckb-demo-{stamp}"
     settings = demo_settings(info, topic, group)
@@ -209,7 +233,7 @@ def run_demo(
         console.print(f"bridge: topic [bold]{topic}[/] → tasks.examples.process_order "
                       f"(worker log: {info.state_dir / 'demo-worker.log'})")  # fmt: skip
         watch(bridge, thread, run, console)
-        summary(console, run, bridge, time.monotonic() - started)
+        summary(console, run, bridge, time.monotonic() - started, info.flower_url)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: stopping what the demo started[/]")
     finally:

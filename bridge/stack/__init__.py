@@ -1,12 +1,13 @@
 """A local Kafka (KRaft, from Maven jars) + Redis stack without Docker, for `ckb stack` and tests.
 
->>> stack = LocalStack(state_dir, kafka_port=9092, redis_port=6379)
->>> info = stack.up(progress=print)      # idempotent
->>> info.kafka_bootstrap, info.redis_url
-('127.0.0.1:9092', 'redis://127.0.0.1:6379')
+>>> stack = LocalStack(state_dir, kafka_port=9092, redis_port=6379, flower_port=5555)
+>>> info = stack.up(progress=print)      # idempotent; flower_port=None: no Flower
+>>> info.kafka_bootstrap, info.redis_url, info.flower_url
+('127.0.0.1:9092', 'redis://127.0.0.1:6379', 'http://127.0.0.1:5555')
 >>> stack.down()
 """
 
+from bridge.stack.flower import DEFAULT_FLOWER_PORT, flower_port_for
 from bridge.stack.kafka import ensure_kafka_jars, find_java
 from bridge.stack.manager import LocalStack, StackInfo
 from bridge.stack.paths import DEFAULT_KAFKA_VERSION, default_state_dir
@@ -14,6 +15,7 @@ from bridge.stack.processes import StackError
 from bridge.stack.redis_server import find_redis_server
 
 __all__ = [
+    "DEFAULT_FLOWER_PORT",
     "DEFAULT_KAFKA_VERSION",
     "LocalStack",
     "StackError",
@@ -22,4 +24,5 @@ __all__ = [
     "ensure_kafka_jars",
     "find_java",
     "find_redis_server",
+    "flower_port_for",
 ]

@@ -1,4 +1,4 @@
-"""``LocalStack``: a local Kafka (KRaft) + Redis pair kept in one state directory."""
+"""``LocalStack``: a local Kafka (KRaft) + Redis pair, and optionally Flower, in one state dir."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bridge.stack.flower import FlowerNode
 from bridge.stack.kafka import KafkaNode, is_formatted
 from bridge.stack.paths import StatePaths, default_state_dir
 from bridge.stack.processes import (
@@ -35,6 +36,7 @@ class StackInfo:
     kafka_bootstrap: str
     redis_url: str
     state_dir: Path
+    flower_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -44,13 +46,20 @@ class StackPorts:
     kafka: int
     controller: int
     redis: int
+    flower: int | None = None  # None: no Flower was started with this stack
 
     @classmethod
     def from_file(cls, path: Path) -> StackPorts | None:
         try:
             data = json.loads(path.read_text())
-            return cls(int(data["kafka"]), int(data["controller"]), int(data["redis"]))
-        except (OSError, ValueError, KeyError, TypeError):
+            flower = data.get("flower")
+            return cls(
+                int(data["kafka"]),
+                int(data["controller"]),
+                int(data["redis"]),
+                None if flower is None else int(flower),
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
     def save(self, path: Path) -> None:
@@ -74,35 +83,49 @@ def controller_port_from_properties(text: str) -> int | None:
 
 
 class LocalStack:
-    """Start, stop and inspect the local Kafka + Redis of one state directory."""
+    """Start, stop and inspect the local Kafka + Redis (+ Flower) of one state directory.
+
+    ``flower_port`` asks ``up`` for Flower too; without it ``up`` leaves a running Flower be.
+    """
 
     def __init__(
-        self, state_dir: Path | None = None, kafka_port: int = 9092, redis_port: int = 6379
+        self,
+        state_dir: Path | None = None,
+        kafka_port: int = 9092,
+        redis_port: int = 6379,
+        flower_port: int | None = None,
     ) -> None:
         root = default_state_dir() if state_dir is None else Path(state_dir)
         self.state_dir = root.expanduser().resolve()
         self.paths = StatePaths(self.state_dir)
         self.kafka_port = kafka_port
         self.redis_port = redis_port
+        self.flower_port = flower_port
 
     # -- public API ---------------------------------------------------------------------------
 
     def up(self, progress: Progress | None = None) -> StackInfo:
-        """Start whatever is not running yet and wait until both answer; idempotent."""
+        """Start whatever is not running yet and wait until all answer; idempotent."""
         report = progress or log.info
         with file_lock(self.paths.lock_file):
             ports = self._plan(StackPorts.from_file(self.paths.stack_file))
             ports.save(self.paths.stack_file)
             self._ensure_redis(self._redis(ports), report)
             self._ensure_kafka(self._kafka(ports), report)
+            flower = self._flower(ports)
+            if flower is not None:
+                self._ensure_flower(flower, report)
             return self._info(ports)
 
     def down(self) -> None:
-        """Stop Kafka, then Redis (SIGTERM, SIGKILL after a timeout); idempotent."""
+        """Stop Flower, Kafka, then Redis (SIGTERM, SIGKILL after a timeout); idempotent."""
         if not self.state_dir.is_dir():
             return
         with file_lock(self.paths.lock_file):
             ports = self._known_ports()
+            flower = self._flower(ports)
+            if flower is not None:
+                flower.stop()
             self._kafka(ports).stop()
             self._redis(ports).stop()
 
@@ -121,6 +144,7 @@ class LocalStack:
                 "url": redis_node.url,
                 "pid": redis_pid,
             },
+            "flower": self._flower_status(ports),
             "state_dir": str(self.state_dir),
         }
 
@@ -146,6 +170,13 @@ class LocalStack:
         with file_lock(self.paths.lock_file):
             self._ensure_redis(self._redis(self._started_ports()), log.info)
 
+    def stop_flower(self) -> None:
+        """Stop Flower only; Kafka and Redis keep running."""
+        with file_lock(self.paths.lock_file):
+            flower = self._flower(self._known_ports())
+            if flower is not None:
+                flower.stop()
+
     # -- internals ----------------------------------------------------------------------------
 
     def _kafka(self, ports: StackPorts) -> KafkaNode:
@@ -154,11 +185,27 @@ class LocalStack:
     def _redis(self, ports: StackPorts) -> RedisNode:
         return RedisNode(self.paths, ports.redis)
 
+    def _flower(self, ports: StackPorts) -> FlowerNode | None:
+        if ports.flower is None:
+            return None
+        return FlowerNode(self.paths, ports.flower, self._redis(ports).url)
+
+    def _flower_status(self, ports: StackPorts) -> dict[str, Any]:
+        flower = self._flower(ports)
+        pid = None if flower is None else flower.pid()
+        return {
+            "running": flower is not None and pid is not None and port_accepts(flower.port),
+            "url": None if flower is None else flower.url,
+            "pid": pid,
+        }
+
     def _info(self, ports: StackPorts) -> StackInfo:
+        flower = self._flower(ports)
         return StackInfo(
             kafka_bootstrap=f"{LOCALHOST}:{ports.kafka}",
             redis_url=f"redis://{LOCALHOST}:{ports.redis}",
             state_dir=self.state_dir,
+            flower_url=None if flower is None else flower.url,
         )
 
     def _known_ports(self) -> StackPorts:
@@ -191,7 +238,25 @@ class LocalStack:
             self._check_same("Redis", saved.redis, self.redis_port, "--redis-port")
         else:
             self._check_free("Redis", self.redis_port, "--redis-port")
-        return StackPorts(self.kafka_port, controller, self.redis_port)
+        flower = self._plan_flower(saved, controller)
+        return StackPorts(self.kafka_port, controller, self.redis_port, flower)
+
+    def _plan_flower(self, saved: StackPorts | None, controller: int) -> int | None:
+        """A running Flower keeps its port (asked for or not); else the one asked for, if any."""
+        running = self._flower(saved) if saved is not None else None
+        if running is not None and running.running():
+            if self.flower_port is not None:
+                self._check_same("Flower", running.port, self.flower_port, "--flower-port")
+            return running.port
+        if self.flower_port is None:
+            return None
+        if self.flower_port in (self.kafka_port, self.redis_port, controller):
+            raise StackError(
+                f"Flower cannot share port {self.flower_port} with Kafka or Redis; "
+                "choose another with --flower-port N"
+            )
+        self._check_free("Flower", self.flower_port, "--flower-port")
+        return self.flower_port
 
     def _check_same(self, name: str, running: int, wanted: int, flag: str) -> None:
         if running != wanted:
@@ -240,6 +305,14 @@ class LocalStack:
             node.start(report)
         elif not node.answers(timeout=5.0):
             report(f"Kafka (pid {pid}) is starting; waiting for it to answer")
+            node.wait_ready(pid)
+
+    def _ensure_flower(self, node: FlowerNode, report: Progress) -> None:
+        pid = node.pid()
+        if pid is None:
+            self._check_free("Flower", node.port, "--flower-port")
+            node.start(report)
+        elif not node.answers(timeout=2.0):
             node.wait_ready(pid)
 
     def _ensure_redis(self, node: RedisNode, report: Progress) -> None:

@@ -152,3 +152,15 @@ class StatePaths:
     @property
     def redis_log(self) -> Path:
         return self.logs / "redis.log"
+
+    @property
+    def flower_dir(self) -> Path:
+        return self.root / "flower"
+
+    @property
+    def flower_pid(self) -> Path:
+        return self.root / "flower.pid"
+
+    @property
+    def flower_log(self) -> Path:
+        return self.logs / "flower.log"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -47,40 +50,67 @@ def _produce_and_consume(bootstrap: str) -> None:
         consumer.close()
 
 
-def _assert_running(stack: LocalStack, info: StackInfo) -> tuple[int, int]:
+def _flower_answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/healthcheck", timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _assert_running(stack: LocalStack, info: StackInfo) -> tuple[int, int, int]:
     status = stack.status()
     assert status["kafka"]["running"] and status["redis"]["running"], status
+    assert status["flower"]["running"], status
     assert status["kafka"]["bootstrap"] == info.kafka_bootstrap
     assert status["redis"]["url"] == info.redis_url
-    return status["kafka"]["pid"], status["redis"]["pid"]
+    assert status["flower"]["url"] == info.flower_url
+    return status["kafka"]["pid"], status["redis"]["pid"], status["flower"]["pid"]
 
 
 def test_stack_lifecycle(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    kafka_port, redis_port = free_port(), free_port()
-    stack = LocalStack(state, kafka_port=kafka_port, redis_port=redis_port)
+    kafka_port, redis_port, flower_port = free_port(), free_port(), free_port()
+    stack = LocalStack(state, kafka_port=kafka_port, redis_port=redis_port, flower_port=flower_port)
     progress: list[str] = []
     try:
         info = stack.up(progress=progress.append)
         assert info == StackInfo(
-            f"127.0.0.1:{kafka_port}", f"redis://127.0.0.1:{redis_port}", state
+            f"127.0.0.1:{kafka_port}",
+            f"redis://127.0.0.1:{redis_port}",
+            state,
+            flower_url=f"http://127.0.0.1:{flower_port}",
         )
         assert any("Kafka ready" in m for m in progress), progress
+        assert any("Flower ready" in m for m in progress), progress
         pids = _assert_running(stack, info)
+        assert _flower_answers(f"http://127.0.0.1:{flower_port}")
+        assert (state / "logs" / "flower.log").is_file()
 
         _produce_and_consume(info.kafka_bootstrap)
         assert _ping(info.redis_url)
 
-        # idempotent: same processes, same addresses
+        # idempotent: same processes, same addresses; an `up` without Flower leaves it running
         assert stack.up() == info
         assert _assert_running(stack, info) == pids
+        assert LocalStack(state, kafka_port=kafka_port, redis_port=redis_port).up() == info
         # ports and pids are remembered: a stack object without port flags finds them
         assert LocalStack(state).status()["kafka"]["pid"] == pids[0]
+        assert LocalStack(state).status()["flower"]["pid"] == pids[2]
 
         with pytest.raises(StackError, match="already runs Kafka"):
             LocalStack(state, kafka_port=free_port(), redis_port=redis_port).up()
+        with pytest.raises(StackError, match=rf"already runs Flower on 127.0.0.1:{flower_port}"):
+            LocalStack(state, kafka_port, redis_port, flower_port=free_port()).up()
         with pytest.raises(StackError, match=rf"port {kafka_port} .*--kafka-port"):
             LocalStack(tmp_path / "other", kafka_port=kafka_port, redis_port=free_port()).up()
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            taken = busy.getsockname()[1]
+            other = LocalStack(tmp_path / "other", free_port(), free_port(), flower_port=taken)
+            with pytest.raises(StackError, match=rf"port {taken} .*Flower.*--flower-port"):
+                other.up()
 
         stack.stop_redis()
         assert not stack.status()["redis"]["running"]
@@ -93,4 +123,6 @@ def test_stack_lifecycle(tmp_path: Path) -> None:
     status = stack.status()
     assert not status["kafka"]["running"] and status["kafka"]["pid"] is None
     assert not status["redis"]["running"] and status["redis"]["pid"] is None
+    assert not status["flower"]["running"] and status["flower"]["pid"] is None
+    assert not _flower_answers(f"http://127.0.0.1:{flower_port}")
     stack.down()  # idempotent
