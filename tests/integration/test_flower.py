@@ -1,20 +1,32 @@
-"""Flower, started against the test Redis, lists the tasks the bridge dispatched."""
+"""Flower as the local stack runs it (``ckb stack up --flower``) lists the bridge's tasks.
+
+Two views of one bridge run: Flower's HTTP API, and its task list page rendered by a real
+headless Chromium (Debian's ``chromium`` package). The page's rows come from JavaScript
+(DataTables fetching ``/tasks/datatable``), so finding a task id in the rendered DOM means a
+browser really drew it.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bridge.stack import StackInfo
+from bridge.stack import LocalStack, StackInfo
 from bridge.task_ids import task_id_for
 from tests.integration.harness import (
     REPO,
@@ -26,7 +38,12 @@ from tests.integration.harness import (
     wait_for,
 )
 
-RECORDS = 20
+RECORDS = 10  # fewer than the task list's first page (15 rows)
+CHROMIUM_HINT = (
+    "Chromium not found (no chromium on PATH); this test needs a real browser. `make test` "
+    "(which CI runs) installs Debian's chromium package with apt-get when it is missing and "
+    "you are root; otherwise: sudo apt-get install chromium"
+)
 
 
 def get_json(url: str) -> Any:
@@ -42,35 +59,44 @@ def answers(url: str) -> bool:
         return False
 
 
-@pytest.fixture
-def flower(stack: StackInfo, work_dir: Path) -> Iterator[str]:
-    """A real ``celery flower`` on a free port, its API open (127.0.0.1 only)."""
+@dataclass(frozen=True)
+class Dispatched:
+    flower: str  # Flower's base URL
+    worker: str  # the worker's node name
+    task_ids: frozenset[str]
+
+
+@pytest.fixture(scope="module")
+def flower(local_stack: LocalStack, stack: StackInfo) -> Iterator[str]:
+    """``ckb stack up --flower`` on the session's stack: Flower becomes one of its processes."""
     port = free_port()
-    log_path = work_dir / "flower.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "--broker", f"{stack.redis_url}/0",
-             "--result-backend", f"{stack.redis_url}/1",
-             "flower", "--address=127.0.0.1", f"--port={port}"],
-            cwd=REPO,
-            env={**os.environ, "FLOWER_UNAUTHENTICATED_API": "true"},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    argv = [sys.executable, "-m", "bridge", "stack", "up", "--flower", "--flower-port", str(port),
+            "--state-dir", str(local_stack.state_dir),
+            "--kafka-port", str(local_stack.kafka_port),
+            "--redis-port", str(local_stack.redis_port)]  # fmt: skip
+    # the API test reads /api/tasks, closed without this (Flower listens on 127.0.0.1 only)
+    env = {**os.environ, "FLOWER_UNAUTHENTICATED_API": "true", "PYTHONPATH": str(REPO)}
+    started = time.monotonic()
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
     url = f"http://127.0.0.1:{port}"
+    assert f"flower: {url}" in done.stdout, done.stdout
+    assert answers(f"{url}/healthcheck")
+    print(f"ckb stack up --flower: {time.monotonic() - started:.1f}s")
     try:
-        wait_for(lambda: answers(f"{url}/healthcheck"), 60, f"Flower ({log_path})")
         yield url
     finally:
-        process.terminate()
-        process.wait(20)
+        local_stack.stop_flower()
+        assert not answers(f"{url}/healthcheck")
 
 
-def test_flower_lists_the_tasks_the_bridge_dispatched(
-    stack: StackInfo, kafka: Kafka, work_dir: Path, flower: str
-) -> None:
+@pytest.fixture(scope="module")
+def dispatched(
+    stack: StackInfo, kafka: Kafka, flower: str, tmp_path_factory: pytest.TempPathFactory
+) -> Dispatched:
+    work_dir = tmp_path_factory.mktemp("flower")
     queue = unique("it-flower")
-    # -E: the worker sends task events, which is what Flower shows
+    # -E: the worker sends task events from its first task (Flower also turns them on itself)
     worker = start_worker(stack, queue, work_dir, concurrency=2, extra_args=("-E",))
     topic = kafka.create_topic(2, "flower")
     kafka.produce(
@@ -82,18 +108,59 @@ def test_flower_lists_the_tasks_the_bridge_dispatched(
     finally:
         worker.stop()
     group = bridge.config["kafka"]["group_id"]
-
-    expected = {
+    ids = frozenset(
         task_id_for(group, topic, m.partition(), m.offset(), m.timestamp()[1], 0)
         for m in kafka.read_all(topic, RECORDS)
-    }
-    assert len(expected) == RECORDS
+    )
+    assert len(ids) == RECORDS
+    return Dispatched(flower, f"{queue}@{socket.gethostname()}", ids)
 
+
+def test_flower_api_lists_the_tasks_the_bridge_dispatched(dispatched: Dispatched) -> None:
     def listed() -> dict[str, Any]:
-        tasks: dict[str, Any] = get_json(f"{flower}/api/tasks?limit=10000")
-        return {task_id: task for task_id, task in tasks.items() if task_id in expected}
+        tasks: dict[str, Any] = get_json(f"{dispatched.flower}/api/tasks?limit=10000")
+        return {task_id: task for task_id, task in tasks.items() if task_id in dispatched.task_ids}
 
     wait_for(lambda: len(listed()) == RECORDS, 30, "Flower to list every dispatched task")
     tasks = listed()
     assert {task["name"] for task in tasks.values()} == {"it.record"}
     assert {task["state"] for task in tasks.values()} == {"SUCCESS"}
+    assert {task["worker"] for task in tasks.values()} == {dispatched.worker}
+
+
+def find_chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        pytest.fail(CHROMIUM_HINT)
+    return found
+
+
+def render_dom(chromium: str, url: str, profile: Path) -> str:
+    """The page's DOM after its scripts ran (virtual time waits for their requests)."""
+    argv = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+            "--virtual-time-budget=15000", "--dump-dom", url]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, f"chromium failed ({done.returncode}): {done.stderr[-2000:]}"
+    return done.stdout
+
+
+def test_flower_task_list_in_a_headless_browser_shows_a_dispatched_task(
+    dispatched: Dispatched, tmp_path: Path
+) -> None:
+    chromium = find_chromium()
+    # the task list, filtered to this test's worker the way Flower's own links do it
+    url = f"{dispatched.flower}/tasks?worker={urllib.parse.quote(dispatched.worker)}"
+    rendered: dict[str, str] = {}
+    attempts = itertools.count()
+
+    def rows_drawn() -> bool:
+        rendered["dom"] = render_dom(chromium, url, tmp_path / f"profile-{next(attempts)}")
+        return all(f'id="{task_id}"' in rendered["dom"] for task_id in dispatched.task_ids)
+
+    started = time.monotonic()
+    wait_for(rows_drawn, 45, "Chromium to show every dispatched task in Flower's task list")
+    print(f"rendered the task list in {time.monotonic() - started:.1f}s")
+    dom = rendered["dom"]
+    assert "it.record" in dom and "SUCCESS" in dom
+    assert "No tasks to show" not in dom
