@@ -59,6 +59,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from bridge.core.vocabulary import TP, Rebalance
+from bridge.dead_letter_metrics import dead_letter_families
 from bridge.events import DeadLetterState, Observer, PartitionState, QueueWindow
 from bridge.records import Record
 
@@ -317,7 +318,7 @@ class _Collector(Collector):
         paused.add_metric([], scrape.paused)
         yield paused
         yield from _window_families(scrape.windows)
-        yield from _dead_letter_families(scrape.dead_letters)
+        yield from dead_letter_families(scrape.dead_letters)
         yield _histogram_family(
             "ckb_task_duration_seconds",
             "Seconds from a record's first dispatch to its task's final state.",
@@ -349,38 +350,6 @@ def _window_families(windows: list[QueueWindow]) -> Iterator[Metric]:
         for window in windows:
             gauge.add_metric([window.queue], float(getattr(window, attribute)))
         yield gauge
-
-
-def _dead_letter_families(state: DeadLetterState) -> Iterator[Metric]:
-    pending = GaugeMetricFamily(
-        "ckb_dlq_pending_records",
-        "Dead letters not yet acknowledged by Kafka (refused: waiting for an operator).",
-        labels=("dlq_topic", "state"),
-    )
-    for (topic, state_name), count in sorted(state.pending.items()):
-        pending.add_metric([topic, state_name], count)
-    yield pending
-    dropped = CounterMetricFamily(
-        "ckb_dlq_values_dropped",
-        "Dead letters too large for their topic, written without their value.",
-        labels=("dlq_topic",),
-    )
-    for topic, count in sorted(state.values_dropped.items()):
-        dropped.add_metric([topic], count)
-    yield dropped
-    rebuilds = CounterMetricFamily(
-        "ckb_dlq_producer_rebuilds", "Dead-letter producers replaced after a fatal error."
-    )
-    rebuilds.add_metric([], state.rebuilds)
-    yield rebuilds
-    loops = CounterMetricFamily(
-        "ckb_dlq_loops_stopped",
-        "Dead letters that failed again and were not written to a topic the bridge consumes.",
-        labels=("topic",),
-    )
-    for topic, count in sorted(state.loops_stopped.items()):
-        loops.add_metric([topic], count)
-    yield loops
 
 
 def _histogram_family(

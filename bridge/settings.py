@@ -19,7 +19,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from bridge.core.vocabulary import DLQ_SUFFIX, default_dlq_topic
+from bridge.core.vocabulary import default_dlq_topic
+from bridge.dead_letter_routes import dead_letter_loop
 from bridge.secrets import mask_text, password_needs_encoding
 from bridge.strict_json import DEPTH_CEILING
 
@@ -241,16 +242,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _dead_letters_not_consumed(self) -> Settings:
         """A dead-letter topic a route consumes would feed its dead letters back in, forever."""
-        for index, route in enumerate(self.routes):
-            dlq = _dlq_topic(route)
-            consumer = None if dlq is None else _consumer_of(dlq[0], self.routes)
-            if dlq is not None and consumer is not None:
-                raise ValueError(
-                    f"routes.{index}.dlq_topic: {dlq[0]!r}{' (the default)' if dlq[1] else ''} "
-                    f"is consumed by routes.{consumer} ({self.routes[consumer].topic}): its "
-                    "dead letters would be read and dead-lettered again, forever; set a "
-                    "dead-letter topic no route consumes"
-                )
+        problem = dead_letter_loop(self.routes)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     @classmethod
@@ -264,31 +258,6 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # environment wins over the YAML file, which arrives as init arguments
         return env_settings, init_settings
-
-
-def _consumer_of(topic: str, routes: list[Route]) -> int | None:
-    """The index of the route that consumes ``topic`` (as :class:`bridge.routing.Router`
-    matches: exact names first; a pattern never matches a ``.dlq`` topic), or None."""
-    for index, route in enumerate(routes):
-        if not route.is_pattern and route.topic == topic:
-            return index
-    if topic.endswith(DLQ_SUFFIX):
-        return None
-    for index, route in enumerate(routes):
-        if route.is_pattern and re.match(route.topic, topic):
-            return index
-    return None
-
-
-def _dlq_topic(route: Route) -> tuple[str, bool] | None:
-    """The dead-letter topic ``route`` writes to, and whether it is the default; None for a
-    pattern's default (``<topic>.dlq`` of whatever topics it matches: a pattern never
-    consumes those, and at run time a dead letter is never written to a consumed topic)."""
-    if route.dlq_topic is not None:
-        return route.dlq_topic, False
-    if not route.is_pattern:
-        return default_dlq_topic(route.topic), True
-    return None
 
 
 class ConfigError(Exception):
