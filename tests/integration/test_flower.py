@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -140,9 +141,18 @@ def render_dom(chromium: str, url: str, profile: Path) -> str:
     argv = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
             "--disable-dev-shm-usage", f"--user-data-dir={profile}",
             "--virtual-time-budget=15000", "--dump-dom", url]  # fmt: skip
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, f"chromium failed ({done.returncode}): {done.stderr[-2000:]}"
-    return done.stdout
+    # its own session: a timeout ends the browser's helper processes too, not only the first
+    browser = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = browser.communicate(timeout=60)
+    finally:
+        if browser.poll() is None:
+            os.killpg(browser.pid, signal.SIGKILL)
+            browser.communicate()
+    assert browser.returncode == 0, f"chromium failed ({browser.returncode}): {err[-2000:]}"
+    return out
 
 
 def test_flower_task_list_in_a_headless_browser_shows_a_dispatched_task(
