@@ -67,6 +67,10 @@ class Observer:
     def on_dispatched(self, record: Record, task: str, redispatch: bool) -> None:
         pass
 
+    def on_rate_limited(self, route: str, granted: int, wait: float) -> None:
+        """A route's bucket granted ``granted`` tokens; ``wait`` > 0: its records wait that
+        long for the next one."""
+
     def on_task_finished(
         self, record: Record, task: str, outcome: str, duration: float | None
     ) -> None:
@@ -121,6 +125,9 @@ class Observers(Observer):
 
     def on_dispatched(self, record: Record, task: str, redispatch: bool) -> None:
         self._each("on_dispatched", record, task, redispatch)
+
+    def on_rate_limited(self, route: str, granted: int, wait: float) -> None:
+        self._each("on_rate_limited", route, granted, wait)
 
     def on_task_finished(
         self, record: Record, task: str, outcome: str, duration: float | None

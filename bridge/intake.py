@@ -60,6 +60,7 @@ class Intake:
                 ordering=Ordering(route.ordering),
                 max_in_flight=route.max_in_flight,
                 max_in_flight_bytes=route.max_in_flight_bytes,
+                name=route.topic,
                 task_timeout=route.task_timeout,
                 max_redispatch=route.max_redispatch,
                 queue=route.queue or "",

@@ -31,6 +31,7 @@ from bridge.events import Observers, PartitionState
 from bridge.intake import Intake, Rejected, Work, rejected
 from bridge.lost_tasks import LostTasks
 from bridge.outcomes import Outcomes
+from bridge.rate_limit import TokenBuckets
 from bridge.rebalance import RebalanceCallbacks, running_tasks, still_in_flight
 from bridge.records import Record
 from bridge.results import ResultWatcher
@@ -70,6 +71,7 @@ class ConsumerLoop:
         observers: Observers,
         clock: Callable[[], float] = time.monotonic,
         commit_reports: CommitReports | None = None,
+        buckets: TokenBuckets | None = None,
     ) -> None:
         self.settings = settings
         self._consumer = consumer
@@ -92,7 +94,7 @@ class ConsumerLoop:
         self._commits = Committer(consumer, self.engine, observers, reports, self._clock)
         self._outcomes = Outcomes(self.engine, dead_letters, watcher, observers, clock)
         self._sender = Sender(
-            self.engine, dispatcher, watcher, ledger, self._outcomes, observers, clock
+            self.engine, dispatcher, watcher, ledger, self._outcomes, observers, clock, buckets
         )
         self.lost = LostTasks(self.engine, self._sender, self._outcomes, observers, clock)
         self._rebalance = RebalanceCallbacks(

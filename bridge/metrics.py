@@ -116,6 +116,9 @@ class Values:
     rebalances: Counter[Labels] = field(default_factory=Counter)
     offset_resets: Counter[Labels] = field(default_factory=Counter)
     unobservable: Counter[Labels] = field(default_factory=Counter)
+    #: per route: tokens granted, and seconds its records waited for the next token
+    rate_granted: Counter[Labels] = field(default_factory=Counter)
+    rate_waited: Counter[Labels] = field(default_factory=Counter)
     #: offsets dispatched and not final, per assigned partition
     in_flight: dict[TP, set[int]] = field(default_factory=dict)
     oldest_age: dict[TP, float] = field(default_factory=dict)
@@ -137,6 +140,8 @@ class Values:
                 "rebalances": Counter(self.rebalances),
                 "offset_resets": Counter(self.offset_resets),
                 "unobservable": Counter(self.unobservable),
+                "rate_granted": Counter(self.rate_granted),
+                "rate_waited": Counter(self.rate_waited),
             },
             gauges={
                 "in_flight": {tp: len(offsets) for tp, offsets in self.in_flight.items()},
@@ -174,6 +179,11 @@ class PrometheusObserver(Observer):
     def on_consumed(self, record: Record) -> None:
         with self.lock:
             self._values.consumed[(record.topic, str(record.partition))] += 1
+
+    def on_rate_limited(self, route: str, granted: int, wait: float) -> None:
+        with self.lock:
+            self._values.rate_granted[(route,)] += granted
+            self._values.rate_waited[(route,)] += wait  # type: ignore[assignment]  # seconds
 
     def on_dispatched(self, record: Record, task: str, redispatch: bool) -> None:
         if redispatch:
@@ -285,6 +295,10 @@ COUNTERS: tuple[tuple[str, str, Labels, str], ...] = (
      ("topic", "partition"), "offset_resets"),
     ("ckb_tasks_unobservable", "Lost tasks held, not re-sent: their outcome can never be seen "
      "(see the worker check in the log).", ("topic", "task"), "unobservable"),
+    ("ckb_rate_limit_granted", "Task sends a route's rate limit allowed (tokens granted).",
+     ("route",), "rate_granted"),
+    ("ckb_rate_limit_wait_seconds", "Seconds a route's records waited for its rate limit's "
+     "next token.", ("route",), "rate_waited"),
 )  # fmt: skip
 
 #: per-partition gauges: (metric name, help, key in Scrape.gauges)

@@ -8,7 +8,6 @@ from typing import Protocol
 
 from bridge.core.vocabulary import TP
 
-
 #: ``message.headers()`` through a call path that checks the result: confluent-kafka returns a
 #: list *and* sets an exception on a non-UTF-8 header name, and CPython 3.11's specialized
 #: method call does not check, so a plain call raises later, somewhere else. A second call

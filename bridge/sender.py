@@ -24,6 +24,7 @@ from bridge.events import Observers
 from bridge.intake import Intake, Work, rejected
 from bridge.outcomes import Outcomes
 from bridge.payloads import DecodeError
+from bridge.rate_limit import TokenBuckets
 from bridge.results import ResultWatcher
 from bridge.settings import Route
 
@@ -46,7 +47,9 @@ class Sender:
         outcomes: Outcomes,
         observers: Observers,
         clock: Callable[[], float],
+        buckets: TokenBuckets | None = None,
     ) -> None:
+        self._buckets = buckets
         self._engine = engine
         self._dispatcher = dispatcher
         self._watcher = watcher
@@ -74,7 +77,7 @@ class Sender:
                 self._engine.started([job], self._clock())
             else:
                 fresh.append(job)
-        encoded = self._encode(fresh)
+        encoded = self._encode(self._within_rate(fresh))
         if not encoded:
             return
         sent = [job for job, _ in encoded]
@@ -111,6 +114,30 @@ class Sender:
                 depth = self._dispatcher.queue_depth(name or None)
                 if depth is not None:
                     self._engine.observe_depth(name, depth, now)
+
+    def _within_rate(self, jobs: list[Job[Work]]) -> list[Job[Work]]:
+        """The jobs the routes' rate limits let go now; the others wait (back in order, their
+        route held until its next token is due)."""
+        if self._buckets is None:
+            return jobs
+        wanted: dict[int, list[Job[Work]]] = {}
+        for job in jobs:
+            if job.item.route.rate_limit is not None:
+                wanted.setdefault(id(job.item.route), []).append(job)
+        if not wanted:
+            return jobs
+        now, waiting = self._clock(), set[int]()
+        for limited in wanted.values():
+            route = limited[0].item.route
+            rate = route.tokens_per_second
+            assert rate is not None
+            grant = self._buckets.take(route.topic, rate, route.burst, len(limited))
+            if grant.granted < len(limited):
+                waiting.update(id(job) for job in limited[grant.granted :])
+                self._engine.put_back(limited[grant.granted :])
+                self._engine.hold(route.topic, now + grant.wait)
+            self._events.on_rate_limited(route.topic, grant.granted, grant.wait)
+        return [job for job in jobs if id(job) not in waiting]
 
     def _encode(self, jobs: list[Job[Work]]) -> list[tuple[Job[Work], EncodedTask]]:
         """Each job's encoded message; a job whose record cannot become one is dead-lettered

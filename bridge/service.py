@@ -27,6 +27,7 @@ from bridge.kafka_clients import admin_config, consumer_config, producer_config
 from bridge.lag import LagMonitor
 from bridge.loop import CommitReports, ConsumerLoop
 from bridge.metrics import PrometheusObserver
+from bridge.rate_limit import TokenBuckets
 from bridge.redis_clients import result_backend_params
 from bridge.results import ResultWatcher, json_decoder
 from bridge.routing import Router
@@ -139,6 +140,10 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
         dead_letters,
         fan_out,
         commit_reports=commit_reports,
+        # the routes' rate limits hold for the whole group: one bucket per route in Redis
+        buckets=TokenBuckets(results_client, settings.kafka.group_id)
+        if any(route.rate_limit for route in settings.routes)
+        else None,
     )
     bridge = Bridge(settings, loop, watcher, dispatcher, producer, totals, [results_client.close])
     bridge.services.extend(ops_services(settings, lag, metrics, loop, watcher, dead_letters))

@@ -7,6 +7,7 @@ Built once by :func:`load_settings` and passed down; nothing reads the environme
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from pydantic_settings import (
 
 from bridge.core.vocabulary import default_dlq_topic
 from bridge.dead_letter_routes import dead_letter_loop
+from bridge.rate_limit import parse_rate
 from bridge.secrets import mask_text, password_needs_encoding
 from bridge.strict_json import DEPTH_CEILING
 
@@ -121,6 +123,10 @@ class Route(Strict):
     max_json_depth: int = Field(default=64, ge=1, le=DEPTH_CEILING)
     #: record bytes (value, key, headers) open per partition before it pauses
     max_in_flight_bytes: int = Field(default=64 * 2**20, ge=1)
+    #: task starts per second/minute/hour for the whole consumer group ("100/s", "30/m")
+    rate_limit: str | None = None
+    #: tokens the bucket holds (sent at once after a pause); default one second's worth
+    rate_burst: int | None = Field(default=None, ge=1)
 
     @field_validator("topic")
     @classmethod
@@ -143,6 +149,29 @@ class Route(Strict):
                 "and '-', at most 249 characters"
             )
         return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _valid_rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_rate(value)
+        return value
+
+    @model_validator(mode="after")
+    def _burst_needs_a_rate(self) -> Route:
+        if self.rate_burst is not None and self.rate_limit is None:
+            raise ValueError('rate_burst without rate_limit: set rate_limit (e.g. "100/s")')
+        return self
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        return None if self.rate_limit is None else parse_rate(self.rate_limit)
+
+    @property
+    def burst(self) -> int:
+        """The bucket's size: ``rate_burst``, or one second's worth (at least one token)."""
+        rate = self.tokens_per_second or 0.0
+        return self.rate_burst or max(1, math.ceil(rate))
 
     @property
     def is_pattern(self) -> bool:

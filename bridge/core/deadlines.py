@@ -10,6 +10,10 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic
+
+from bridge.core.jobs import Job, T
 
 #: whether ``deadline`` is still the current deadline of task ``task_id``
 IsCurrent = Callable[[str, float], bool]
@@ -38,3 +42,16 @@ class Deadlines:
             if is_current(task_id, deadline):
                 due[task_id] = None
         return list(due)
+
+
+@dataclass(slots=True)
+class Expiry(Generic[T]):
+    """Tasks past their deadline: to send again, or given up (released, to dead-letter)."""
+
+    resend: list[Job[T]] = field(default_factory=list)
+    timed_out: list[Job[T]] = field(default_factory=list)
+    held: list[Job[T]] = field(default_factory=list)
+
+
+def never(_job: Job[T]) -> bool:
+    return False

@@ -22,29 +22,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Generic
 
-from bridge.core.deadlines import Deadlines
+from bridge.core.deadlines import Deadlines, Expiry, never
 from bridge.core.flow import FlowChange, Totals, decide_flow
 from bridge.core.jobs import Job, T
 from bridge.core.partition import PartitionWork, fair_shares
 from bridge.core.policy import Limits, RoutePolicy
 from bridge.core.queues import QueueProgress
 from bridge.core.vocabulary import TP
-
-
-@dataclass(slots=True)
-class Expiry(Generic[T]):
-    """Tasks past their deadline: to send again, or given up (released, to dead-letter)."""
-
-    resend: list[Job[T]] = field(default_factory=list)
-    timed_out: list[Job[T]] = field(default_factory=list)
-    held: list[Job[T]] = field(default_factory=list)
-
-
-def _never(_job: Job[T]) -> bool:
-    return False
 
 
 class WorkEngine(Generic[T]):
@@ -61,6 +47,8 @@ class WorkEngine(Generic[T]):
         self._open_total = 0
         self._open_bytes = 0
         self._turn = 0  # select() calls: where its fair round starts
+        #: routes whose records may not be sent before a time (a rate limit's empty bucket)
+        self._held: dict[str, float] = {}
         self._queues: dict[str, QueueProgress] = {}
 
     # == assignment ======================================================================
@@ -161,6 +149,9 @@ class WorkEngine(Generic[T]):
         for tp in sorted(ready):
             part = self._parts.get(tp)
             if part is not None and part.policy is not None and part.waiting:
+                if self._held and self._held.get(part.policy.name, 0.0) > now:
+                    self._ready.add(tp)  # its route waits (rate limit): looked at again later
+                    continue
                 wanting.append((tp, part))
         if not wanting:
             return chosen
@@ -184,6 +175,10 @@ class WorkEngine(Generic[T]):
             if part.waiting and shared_room <= room:
                 self._ready.add(tp)  # held back by the total cap, the window or its share
         return chosen
+
+    def hold(self, route: str, until: float) -> None:
+        """Send nothing of ``route`` (a policy's ``name``) before ``until``."""
+        self._held[route] = until  # one entry per configured route at most
 
     def started(self, jobs: Iterable[Job[T]], now: float) -> None:
         """Selected jobs whose tasks were sent (or were already sent by an earlier owner)."""
@@ -249,7 +244,7 @@ class WorkEngine(Generic[T]):
         self._ready.add(job.tp)
         return job
 
-    def expire(self, now: float, hold: Callable[[Job[T]], bool] = _never) -> Expiry[T]:
+    def expire(self, now: float, hold: Callable[[Job[T]], bool] = never) -> Expiry[T]:
         """Tasks with no final state by their deadline.
 
         Those with re-sends left are re-armed and returned to be sent again (report

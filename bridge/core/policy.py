@@ -21,6 +21,8 @@ class RoutePolicy:
     queue: str = ""  # the Celery queue its tasks go to ("": the app's default queue)
     #: record bytes (value, key, headers) open per partition before it pauses
     max_in_flight_bytes: int = 64 * 2**20
+    #: the route's name (its topic or pattern): what :meth:`WorkEngine.hold` holds
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)

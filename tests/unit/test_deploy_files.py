@@ -85,6 +85,9 @@ EXTRA_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "ckb_dlq_values_dropped_total": ("counter", frozenset({"dlq_topic"})),
     "ckb_dlq_producer_rebuilds_total": ("counter", frozenset()),
     "ckb_dlq_loops_stopped_total": ("counter", frozenset({"topic"})),
+    # issue 13: rate limits
+    "ckb_rate_limit_granted_total": ("counter", frozenset({"route"})),
+    "ckb_rate_limit_wait_seconds_total": ("counter", frozenset({"route"})),
 }
 #: labels Prometheus adds to every scraped series
 TARGET_LABELS = frozenset({"job", "instance"})

@@ -269,3 +269,16 @@ def test_a_revoke_releases_the_partition_s_bytes() -> None:
     open_sized(engine, tp, [10, 20])
     engine.drop(tp)
     assert engine.open_bytes == 0
+
+
+def test_a_held_route_sends_nothing_until_its_time_and_other_routes_go_on() -> None:
+    engine: WorkEngine[None] = WorkEngine(Limits())
+    limited, free = ("a", 0), ("b", 0)
+    engine.assign(limited, RoutePolicy(name="a"))
+    engine.assign(free, RoutePolicy(name="b"))
+    fill(engine, limited, 2)
+    fill(engine, free, 2)
+    engine.hold("a", until=5.0)
+    assert {job.tp for job in engine.select(1.0)} == {free}
+    assert engine.select(4.9) == []
+    assert [job.tp for job in engine.select(5.0)] == [limited, limited]

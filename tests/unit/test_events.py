@@ -15,6 +15,7 @@ RECORD = Record("orders", 0, 5, None, b"{}", (), 1)
 CALLS: list[tuple[str, tuple[Any, ...]]] = [
     ("on_consumed", (RECORD,)),
     ("on_dispatched", (RECORD, "tasks.x", False)),
+    ("on_rate_limited", ("orders", 3, 0.02)),
     ("on_task_finished", (RECORD, "tasks.x", "success", 0.5)),
     ("on_dead_lettered", (RECORD, "decode_error")),
     ("on_committed", (("orders", 0), 6)),

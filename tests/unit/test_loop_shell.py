@@ -21,6 +21,7 @@ from bridge.dispatch_ledger import Known
 from bridge.dispatcher import EncodedTask, PublishError, TaskRequest
 from bridge.events import Observer, Observers
 from bridge.loop import ConsumerLoop
+from bridge.rate_limit import Grant
 from bridge.records import Record
 from bridge.results import TaskEvent
 from bridge.settings import Settings
@@ -755,3 +756,65 @@ def test_a_bug_reading_one_record_dead_letters_it_and_the_loop_goes_on(shell: Sh
     assert [r.headers["ckb_offset"] for r in shell.dispatcher.sent] == [1]
     ((_, failure, _, _),) = shell.dead_letters.letters
     assert failure.error_class == "BridgeError.KeyError"
+
+
+# == rate limits (issue 13) ==========================================================
+
+
+@dataclass
+class FakeBuckets:
+    """A bucket that grants what the test puts in it; the route's clock is the shell's."""
+
+    tokens: int = 0
+    asked: list[int] = field(default_factory=list)
+
+    def take(self, route: str, per_second: float, burst: int, wanted: int) -> Grant:
+        self.asked.append(wanted)
+        granted = min(self.tokens, wanted)
+        self.tokens -= granted
+        return Grant(granted, 0.0 if granted == wanted else 1.0 / per_second)
+
+
+def limited_shell(**route: Any) -> tuple[Shell, FakeBuckets]:
+    shell = make_shell(rate_limit="10/s", **route)
+    buckets = FakeBuckets()
+    shell.loop._sender._buckets = buckets  # type: ignore[assignment]
+    return shell, buckets
+
+
+def test_records_over_the_rate_wait_in_order_and_go_when_tokens_come() -> None:
+    shell, buckets = limited_shell(ordering="partition")
+    buckets.tokens = 2
+    shell.assign(0)
+    shell.consumer.produce(0, 1)
+    shell.turn(2)
+    shell.finish(shell.dispatcher.sent[0])
+    shell.consumer.produce(0, 3)
+    shell.turn(3)
+    assert [r.headers["ckb_offset"] for r in shell.dispatcher.sent] == [0, 1]
+    asked = len(buckets.asked)
+    shell.turn(3)  # within the wait for the next token: Redis is not asked again
+    assert len(buckets.asked) == asked
+    shell.finish(shell.dispatcher.sent[1])
+    buckets.tokens = 5
+    shell.clock.now += 0.2
+    shell.turn(3)
+    assert [r.headers["ckb_offset"] for r in shell.dispatcher.sent] == [0, 1, 2]
+    shell.finish(shell.dispatcher.sent[2])
+    shell.turn(3)
+    assert [r.headers["ckb_offset"] for r in shell.dispatcher.sent] == [0, 1, 2, 3]
+
+
+def test_a_record_waiting_for_a_token_never_times_out() -> None:
+    shell, buckets = limited_shell()
+    shell.assign(0)
+    shell.consumer.produce(0, 1)
+    for _ in range(10):
+        shell.clock.now += 30  # 300 s: the route's task_timeout, ten times over
+        shell.turn()
+    assert shell.dispatcher.sent == []
+    assert shell.dead_letters.letters == []
+    buckets.tokens = 1
+    shell.clock.now += 1
+    shell.turn(2)
+    assert len(shell.dispatcher.sent) == 1

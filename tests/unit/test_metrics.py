@@ -43,6 +43,8 @@ CONTRACT = {
     "ckb_dlq_values_dropped": ("counter", {"dlq_topic"}),
     "ckb_dlq_producer_rebuilds": ("counter", set()),
     "ckb_dlq_loops_stopped": ("counter", {"topic"}),
+    "ckb_rate_limit_granted": ("counter", {"route"}),
+    "ckb_rate_limit_wait_seconds": ("counter", {"route"}),
 }
 
 NOW = 1_700_000_100.0
@@ -68,6 +70,7 @@ def test_every_contract_metric_is_exposed_with_its_type_and_labels() -> None:
     rec = record(0)
     metrics.on_consumed(rec)
     metrics.on_dispatched(rec, TASK, False)
+    metrics.on_rate_limited("orders", 1, 0.0)
     metrics.on_task_finished(rec, TASK, "success", 0.2)
     metrics.on_dead_lettered(record(1), "decode_error")
     metrics.on_committed(("orders", 0), 2)
@@ -364,3 +367,11 @@ def test_a_stuck_dead_letter_topic_is_a_readiness_reason() -> None:
     assert not ready
     assert body["reasons"] == [problem]
     assert probes(dead_letters=lambda: None).ready()[0]
+
+
+def test_rate_limits_count_tokens_granted_and_seconds_waited_per_route() -> None:
+    observer = PrometheusObserver()
+    observer.on_rate_limited("orders", 50, 0.0)
+    observer.on_rate_limited("orders", 3, 0.25)
+    assert value(observer, "ckb_rate_limit_granted_total", route="orders") == 53
+    assert value(observer, "ckb_rate_limit_wait_seconds_total", route="orders") == 0.25
