@@ -305,7 +305,14 @@ class DeadLetterWriter:
         """A new producer after a fatal error; every letter in flight goes again through it."""
         assert self._rebuild is not None
         old = self._producer
-        self._producer = self._rebuild()
+        try:
+            self._producer = self._rebuild()
+        except Exception as exc:  # asked again on the next poll; said once
+            if ("", "rebuild") not in self._said:
+                self._said.add(("", "rebuild"))
+                log.error("cannot build a new dead-letter producer (%s); trying again", exc)
+            return
+        self._said.discard(("", "rebuild"))
         self._generation += 1
         self._broken = False
         self._rebuilds += 1

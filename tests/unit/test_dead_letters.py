@@ -738,3 +738,24 @@ def test_after_a_refusal_an_unknown_topic_is_the_same_refusal(clock: Clock) -> N
     assert writer.pending_for() == 0, "neither letter can land: a shutdown need not wait"
     problem = writer.state().problem
     assert problem is not None and "TOPIC_EXCEPTION" in problem
+
+
+def test_a_producer_that_cannot_be_rebuilt_yet_is_rebuilt_later(clock: Clock) -> None:
+    first, second = FakeProducer(), FakeProducer()
+    first.raise_on_produce = [KafkaException(KafkaError(KafkaError._FATAL, "x", fatal=True))]
+    attempts: list[int] = []
+
+    def rebuild() -> FakeProducer:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+        return second
+
+    writer = DeadLetterWriter(first, group="g", rebuild=rebuild)
+    done = Done()
+    writer.send(make_record(), "orders.dlq", FAILURE, done)
+    writer.poll()  # the first rebuild fails: not raised into the loop
+    writer.poll()
+    writer.poll()
+    assert len(attempts) == 2
+    assert done.calls == 1
