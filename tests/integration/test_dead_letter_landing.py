@@ -149,3 +149,54 @@ def test_a_refused_dead_letter_topic_holds_its_record_but_not_the_shutdown(
     assert kafka.committed(group, topic, 1)[0] == 1, "the refused record is not committed"
     log = bridge.log_tail(200_000)
     assert f"cannot write dead letters to {dlq} (TOPIC_EXCEPTION" in log
+
+
+def test_a_revoke_does_not_wait_for_dead_letters_that_cannot_land(
+    stack: StackInfo, kafka: Kafka, shared_worker: Worker, work_dir: Path
+) -> None:
+    name = unique("dlq-revoke")
+    topic = name + "x" * (246 - len(name))  # its default dead-letter topic is refused
+    create_topic(stack.kafka_bootstrap, topic, 2)
+    kafka.produce(topic, [b"not json", b"not json"], partition_of=lambda i: i)
+    group = unique("g")
+    route = {"topic": topic, "task": "it.record", "queue": SHARED_QUEUE}
+    port = free_port()
+    limits = {"revoke_grace": 20}
+    first = start_bridge(
+        bridge_config(
+            stack,
+            group,
+            [route],
+            limits=limits,
+            metrics={"enabled": True, "host": "127.0.0.1", "port": port},
+        ),
+        work_dir,
+        "first",
+    )
+    second = None
+    try:
+        wait_for(
+            lambda: (
+                metric(
+                    f"http://127.0.0.1:{port}",
+                    "ckb_dlq_pending_records",
+                    dlq_topic=f"{topic}.dlq",
+                    state="refused",
+                )
+                == 2
+            ),
+            60,
+            "both dead letters refused",
+        )
+        second = start_bridge(
+            bridge_config(stack, group, [route], limits=limits), work_dir, "second"
+        )
+        wait_for(lambda: "revoked " in first.log_tail(200_000), 60, "the first bridge to revoke")
+        line = next(x for x in first.log_tail(200_000).splitlines() if "revoked " in x)
+        waited = float(line.split("(waited ")[1].split("s")[0])
+        figure(f"revoke with dead letters their topic refuses: waited {waited:.1f}s (grace 20 s)")
+        assert waited < 5, line
+    finally:
+        for bridge in (second, first):
+            if bridge is not None:
+                assert bridge.terminate() == 0, bridge.log_tail()
