@@ -23,7 +23,8 @@ succeed as they are and retrying them unchanged would block their partition fore
   an ERROR naming the topic and the fix, counted in ``ckb_dlq_pending_records{state="refused"}``
   and given as a ``/readyz`` reason. A revoke or shutdown does not wait for it
   (:meth:`~DeadLetterWriter.pending_for` leaves it out): the next owner of its partition
-  consumes the record again.
+  consumes the record again. A topic stays refusing until one of its letters lands
+  (librdkafka answers ``TOPIC_EXCEPTION`` once, then ``_UNKNOWN_TOPIC`` locally).
 - **fatal** (the idempotent producer's fatal error, e.g. a sequence desync): that producer
   never writes again. It is replaced by a new one (``rebuild``) and every letter not yet
   acknowledged is written again through it; reports of the old one are ignored.
