@@ -33,6 +33,9 @@ class Failure:
     error_class: str = ""
     error_message: str = ""
     traceback: str = ""
+    #: the batch task the record was part of (``routes[].batch``); "" for a one-record task
+    batch_task_id: str = ""
+    batch_size: int = 0
 
 
 def _bounded(text: str, limit: int) -> bytes:
@@ -61,6 +64,9 @@ def dlq_headers(
         "ckb.error.traceback": _bounded(mask_text(failure.traceback), MAX_TRACEBACK_BYTES),
         "ckb.failed.at": now.astimezone(UTC).isoformat(timespec="milliseconds").encode(),
     }
+    if failure.batch_task_id:
+        added["ckb.batch.task.id"] = failure.batch_task_id.encode()
+        added["ckb.batch.size"] = str(failure.batch_size).encode()
     original = [
         (k, v) for k, v in record.headers if not k.startswith(HEADER_PREFIX) or k == REPLAY_COUNT
     ]

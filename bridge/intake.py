@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from bridge.core.jobs import Job
-from bridge.core.policy import RoutePolicy
+from bridge.core.policy import BatchPolicy, RoutePolicy
 from bridge.core.vocabulary import DLQ_SUFFIX, Ordering, Reason
 from bridge.dead_letters import Failure
 from bridge.dispatcher import TaskRequest
@@ -61,6 +61,7 @@ class Intake:
                 max_in_flight=route.max_in_flight,
                 max_in_flight_bytes=route.max_in_flight_bytes,
                 name=route.topic,
+                batch=None if route.batch is None else BatchPolicy(**route.batch.model_dump()),
                 task_timeout=route.task_timeout,
                 max_redispatch=route.max_redispatch,
                 queue=route.queue or "",

@@ -18,6 +18,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, TopicPartition
 
+from bridge.batch_requests import batch_id_for
 from bridge.bounded_close import close_within
 from bridge.commits import CommitReports, Committer, FatalConsumerError, fatal_message
 from bridge.core.engine import WorkEngine
@@ -88,7 +89,8 @@ class ConsumerLoop:
                 limits.resume_ratio,
                 max_queue_time=limits.max_queue_time,
                 max_in_flight_bytes_total=limits.max_in_flight_bytes_total,
-            )
+            ),
+            batch_id=batch_id_for(settings),
         )
         reports = commit_reports or CommitReports()
         self._commits = Committer(consumer, self.engine, observers, reports, self._clock)

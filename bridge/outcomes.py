@@ -7,6 +7,7 @@ so observers hear of each exactly once and the engine is told exactly once.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from bridge.core.engine import WorkEngine
 from bridge.core.jobs import Job
@@ -35,16 +36,19 @@ class Outcomes:
         self._clock = clock
 
     def conclude(self, job: Job[Work], event: TaskEvent) -> None:
-        """A final task state becomes a finished offset or a dead letter."""
-        record, route = job.item.record, job.item.route
+        """A final task state becomes finished offsets or dead letters (a batch: one per
+        record, each carrying the batch's task id and size)."""
+        route = job.item.route
         duration = self._clock() - job.first_dispatch if job.dispatches else None
         state = TaskState(event.state)
         if state is TaskState.SUCCESS:
-            self._events.on_task_finished(record, route.task, Outcome.SUCCESS, duration)
-            self._engine.finish(job.tp, job.offset, job.epoch)
+            for member in job.parts():
+                self._events.on_task_finished(
+                    member.item.record, route.task, Outcome.SUCCESS, duration
+                )
+                self._engine.finish(member.tp, member.offset, member.epoch)
             return
         reason, outcome = FAILED[state]
-        self._events.on_task_finished(record, route.task, outcome, duration)
         failure = Failure(
             reason=reason,
             task_name=route.task,
@@ -54,13 +58,13 @@ class Outcomes:
             error_message=event.error_message or "",
             traceback=event.traceback or "",
         )
-        self.dead_letter(record, route, job.epoch, failure)
+        self._dead_letter_all(job, outcome, duration, failure)
 
     def timed_out(self, job: Job[Work]) -> None:
-        """A lost task with no re-sends left (the engine released it): dead-letter its record."""
-        record, route = job.item.record, job.item.route
+        """A lost task with no re-sends left (the engine released it): dead-letter its
+        record(s)."""
+        route = job.item.route
         self._watcher.unwatch(job.task_id)
-        self._events.on_task_finished(record, route.task, Outcome.TIMEOUT, None)
         failure = Failure(
             reason=Reason.TASK_TIMEOUT,
             task_name=route.task,
@@ -70,7 +74,17 @@ class Outcomes:
             error_message=f"no final state within {route.task_timeout:.0f}s "
             f"after {job.dispatches} dispatches",
         )
-        self.dead_letter(record, route, job.epoch, failure)
+        self._dead_letter_all(job, Outcome.TIMEOUT, None, failure)
+
+    def _dead_letter_all(
+        self, job: Job[Work], outcome: str, duration: float | None, failure: Failure
+    ) -> None:
+        if job.members is not None:
+            failure = replace(failure, batch_task_id=job.task_id, batch_size=len(job.members))
+        for member in job.parts():
+            record = member.item.record
+            self._events.on_task_finished(record, job.item.route.task, outcome, duration)
+            self.dead_letter(record, job.item.route, member.epoch, failure)
 
     def dead_letter(
         self, record: Record, route: Route | None, epoch: int, failure: Failure

@@ -16,10 +16,11 @@ import logging
 import traceback
 from collections.abc import Callable, Iterable
 
+from bridge.batch_requests import batch_request
 from bridge.core.engine import WorkEngine
 from bridge.core.jobs import Job
 from bridge.dispatch_ledger import DispatchLedger
-from bridge.dispatcher import Dispatcher, EncodedTask, PublishError
+from bridge.dispatcher import Dispatcher, EncodedTask, PublishError, TaskRequest
 from bridge.events import Observers
 from bridge.intake import Intake, Work, rejected
 from bridge.outcomes import Outcomes
@@ -86,7 +87,8 @@ class Sender:
             return
         self._engine.started(sent, self._clock())
         for job in sent:
-            self._events.on_dispatched(job.item.record, job.item.route.task, False)
+            for member in job.parts():
+                self._events.on_dispatched(member.item.record, job.item.route.task, False)
 
     def resend(self, job: Job[Work]) -> bool:
         """Send a lost task again, unless its result appeared meanwhile; False: not sent (the
@@ -103,7 +105,8 @@ class Sender:
         if not self._publish(encoded):
             return False
         self._engine.resent(job, self._clock())
-        self._events.on_dispatched(job.item.record, job.item.route.task, True)
+        for member in job.parts():
+            self._events.on_dispatched(member.item.record, job.item.route.task, True)
         return True
 
     def observe_queues(self) -> None:
@@ -149,7 +152,11 @@ class Sender:
                 self._engine.put_back(jobs[index:])  # sent next turn
                 break
             try:
-                task = self._dispatcher.encode(Intake.request_for(job))
+                request = self._request_for(job)
+                if request is None:  # a batch none of whose records decoded
+                    self._engine.settled(job)
+                    continue
+                task = self._dispatcher.encode(request)
                 encoded.append((job, task))
                 size += task.size
             except Exception as exc:  # this record's fault, or a limit of ours: its alone
@@ -170,6 +177,18 @@ class Sender:
                 failure = rejected(job.item.route, exc).failure
                 self._outcomes.dead_letter(job.item.record, job.item.route, job.epoch, failure)
         return encoded
+
+    def _request_for(self, job: Job[Work]) -> TaskRequest | None:
+        """The job's task message; a batch's records that cannot be part of it are
+        dead-lettered alone (None: none is left)."""
+        if job.members is None:
+            return Intake.request_for(job)
+        request, failed = batch_request(job)
+        route = job.item.route
+        for member, exc in failed:
+            failure = rejected(route, exc).failure
+            self._outcomes.dead_letter(member.item.record, route, member.epoch, failure)
+        return request
 
     def _publish(self, encoded: list[tuple[Job[Work], EncodedTask]]) -> bool:
         """Send tasks (watched first, so no result is missed) and mark them in the ledger."""

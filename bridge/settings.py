@@ -7,31 +7,22 @@ Built once by :func:`load_settings` and passed down; nothing reads the environme
 
 from __future__ import annotations
 
-import math
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
-from bridge.core.vocabulary import default_dlq_topic
 from bridge.dead_letter_routes import dead_letter_loop
-from bridge.rate_limit import parse_rate
+from bridge.route_settings import BatchSettings, Route, Strict
 from bridge.secrets import mask_text, password_needs_encoding
-from bridge.strict_json import DEPTH_CEILING
 
-CallMode = Literal["arg", "kwargs", "envelope"]
-PayloadCodec = Literal["json", "text", "bytes"]
-OrderingMode = Literal["unordered", "key", "partition"]
-
-#: what Kafka accepts as a topic name
-_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+__all__ = ["BatchSettings", "Route", "Settings", "Strict"]
 
 #: librdkafka properties the bridge sets itself; a user value would break its guarantees.
 RESERVED_CONSUMER_PROPERTIES = frozenset(
@@ -39,11 +30,6 @@ RESERVED_CONSUMER_PROPERTIES = frozenset(
 )
 #: not accepted by librdkafka with ``group.protocol=consumer`` (KIP-848): the broker decides
 CLASSIC_ONLY = ("partition.assignment.strategy", "session.timeout.ms", "heartbeat.interval.ms")
-
-
-class Strict(BaseModel):
-    # inf/nan in a timeout or grace would raise deep in the loop (issue 10): refused here
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class KafkaSettings(Strict):
@@ -104,81 +90,6 @@ class CelerySettings(Strict):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("the bridge watches results in Redis: use a redis:// or rediss:// URL")
         return value
-
-
-class Route(Strict):
-    topic: str
-    task: str = Field(min_length=1)
-    queue: str | None = None
-    call: CallMode = "arg"
-    payload: PayloadCodec = "json"
-    ordering: OrderingMode = "unordered"
-    max_in_flight: int = Field(default=1000, ge=1, le=1_000_000)
-    task_timeout: float = Field(default=300.0, gt=0)
-    max_redispatch: int = Field(default=2, ge=0, le=100)
-    dlq_topic: str | None = None
-    #: a bigger value goes to the DLQ (decode_error) instead of into a Celery message
-    max_payload_bytes: int = Field(default=1_048_576, ge=1)
-    #: deeper JSON goes to the DLQ (decode_error); Python's codec is unsafe past ~500
-    max_json_depth: int = Field(default=64, ge=1, le=DEPTH_CEILING)
-    #: record bytes (value, key, headers) open per partition before it pauses
-    max_in_flight_bytes: int = Field(default=64 * 2**20, ge=1)
-    #: task starts per second/minute/hour for the whole consumer group ("100/s", "30/m")
-    rate_limit: str | None = None
-    #: tokens the bucket holds (sent at once after a pause); default one second's worth
-    rate_burst: int | None = Field(default=None, ge=1)
-
-    @field_validator("topic")
-    @classmethod
-    def _valid_topic(cls, value: str) -> str:
-        if not value:
-            raise ValueError("topic must not be empty")
-        if value.startswith("^"):
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression: {exc}") from exc
-        return value
-
-    @field_validator("dlq_topic")
-    @classmethod
-    def _valid_dlq_topic(cls, value: str | None) -> str | None:
-        if value is not None and (not _TOPIC_NAME.fullmatch(value) or value in (".", "..")):
-            raise ValueError(
-                f"{value!r} is not a valid Kafka topic name: use letters, digits, '.', '_' "
-                "and '-', at most 249 characters"
-            )
-        return value
-
-    @field_validator("rate_limit")
-    @classmethod
-    def _valid_rate(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_rate(value)
-        return value
-
-    @model_validator(mode="after")
-    def _burst_needs_a_rate(self) -> Route:
-        if self.rate_burst is not None and self.rate_limit is None:
-            raise ValueError('rate_burst without rate_limit: set rate_limit (e.g. "100/s")')
-        return self
-
-    @property
-    def tokens_per_second(self) -> float | None:
-        return None if self.rate_limit is None else parse_rate(self.rate_limit)
-
-    @property
-    def burst(self) -> int:
-        """The bucket's size: ``rate_burst``, or one second's worth (at least one token)."""
-        rate = self.tokens_per_second or 0.0
-        return self.rate_burst or max(1, math.ceil(rate))
-
-    @property
-    def is_pattern(self) -> bool:
-        return self.topic.startswith("^")
-
-    def dlq_for(self, topic: str) -> str:
-        return self.dlq_topic or default_dlq_topic(topic)
 
 
 class Limits(Strict):

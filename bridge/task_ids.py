@@ -18,3 +18,20 @@ def task_id_for(
 ) -> str:
     name = f"{group}\x1f{topic}\x1f{partition}\x1f{offset}\x1f{timestamp_ms}\x1f{generation}"
     return str(uuid.uuid5(TASK_ID_NAMESPACE, name))
+
+
+def batch_task_id(
+    group: str,
+    topic: str,
+    partition: int,
+    first: tuple[int, int],
+    last: tuple[int, int],
+    generation: int = 0,
+) -> str:
+    """The id of a batch task: its first and last records' (offset, timestamp ms). The same
+    records batched the same way after a restart get the same id (and are not run again)."""
+    name = (
+        f"batch\x1f{group}\x1f{topic}\x1f{partition}\x1f{first[0]}\x1f{first[1]}"
+        f"\x1f{last[0]}\x1f{last[1]}\x1f{generation}"
+    )
+    return str(uuid.uuid5(TASK_ID_NAMESPACE, name))

@@ -24,6 +24,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Generic
 
+from bridge.core.batches import select_batches
+from bridge.core.commit_points import CommitPoints
 from bridge.core.deadlines import Deadlines, Expiry, never
 from bridge.core.flow import FlowChange, Totals, decide_flow
 from bridge.core.jobs import Job, T
@@ -33,9 +35,19 @@ from bridge.core.queues import QueueProgress
 from bridge.core.vocabulary import TP
 
 
-class WorkEngine(Generic[T]):
-    def __init__(self, limits: Limits | None = None) -> None:
+def _first_id(batch: list[Job[T]]) -> str:
+    return f"{batch[0].task_id}+{len(batch)}"
+
+
+class WorkEngine(CommitPoints[T], Generic[T]):
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        batch_id: Callable[[list[Job[T]]], str] = _first_id,
+    ) -> None:
         self.limits = limits or Limits()
+        #: the task id of a batch (deterministic: the caller derives it from its records)
+        self._batch_id = batch_id
         self._parts: dict[TP, PartitionWork[T]] = {}
         #: the partition of every job in flight, by task id
         self._owner: dict[str, PartitionWork[T]] = {}
@@ -169,12 +181,21 @@ class WorkEngine(Generic[T]):
                 shares[name],
             )
             room = part.room()
-            picked = part.gate.select(part.policy.ordering, part.waiting, min(room, shared_room))
+            picked = self._pick(part, min(room, shared_room), now)
             chosen.extend(picked)
             by_queue[name] = by_queue.get(name, 0) + len(picked)
             if part.waiting and shared_room <= room:
                 self._ready.add(tp)  # held back by the total cap, the window or its share
         return chosen
+
+    def _pick(self, part: PartitionWork[T], room: int, now: float) -> list[Job[T]]:
+        assert part.policy is not None
+        if part.policy.batch is None:
+            return part.gate.select(part.policy.ordering, part.waiting, room)
+        picked = select_batches(part, room, now, self._batch_id)
+        if part.waiting:  # a partial batch waits for more records or for max_wait: look again
+            self._ready.add(part.waiting[0].tp)
+        return picked or []
 
     def hold(self, route: str, until: float) -> None:
         """Send nothing of ``route`` (a policy's ``name``) before ``until``."""
@@ -188,7 +209,8 @@ class WorkEngine(Generic[T]):
                 continue
             part.jobs[job.task_id] = job
             self._owner[job.task_id] = part
-            part.gate.started(job.key)
+            for key in job.held_keys():
+                part.gate.started(key)
             job.first_dispatch = job.last_dispatch = now
             job.dispatches += 1
             job.seq = part.progress.sent()
@@ -203,7 +225,7 @@ class WorkEngine(Generic[T]):
         """Selected jobs that could not be sent wait again, in offset order."""
         by_tp: dict[TP, list[Job[T]]] = defaultdict(list)
         for job in jobs:
-            by_tp[job.tp].append(job)
+            by_tp[job.tp].extend(job.parts())  # a batch's records wait again, one by one
         for tp, unsent in by_tp.items():
             part = self._owned(tp, unsent[0].epoch)
             if part is not None:
@@ -239,7 +261,8 @@ class WorkEngine(Generic[T]):
         if part is None:
             return None
         job = part.jobs.pop(task_id)
-        part.gate.finished(job.key)
+        for key in job.held_keys():
+            part.gate.finished(key)
         part.progress.left()
         self._ready.add(job.tp)
         return job
@@ -328,31 +351,6 @@ class WorkEngine(Generic[T]):
     def _is_current(self, task_id: str, deadline: float) -> bool:
         job = self.job(task_id)
         return job is not None and job.deadline == deadline
-
-    # == commits =========================================================================
-    def committable(self, tps: Iterable[TP] | None = None, again: bool = False) -> dict[TP, int]:
-        """Commit points that moved past what was last marked committed (``again``: every
-        current point, moved or not: a broker that lost a commit gets it back)."""
-        points: dict[TP, int] = {}
-        for tp in self._parts if tps is None else tps:
-            part = self._parts.get(tp)
-            if part is None:
-                continue
-            point = part.offsets.commit_point() if again else part.offsets.committable()
-            if point is not None:
-                points[tp] = point
-        return points
-
-    def mark_committed(self, tp: TP, offset: int) -> None:
-        part = self._parts.get(tp)
-        if part is not None:
-            part.offsets.mark_committed(offset)
-
-    def unmark_committed(self, tp: TP, offset: int) -> None:
-        """A commit failed: the point is offered again by :meth:`committable`."""
-        part = self._parts.get(tp)
-        if part is not None:
-            part.offsets.unmark_committed(offset)
 
     # == flow control ====================================================================
     def flow(self) -> FlowChange:

@@ -30,6 +30,16 @@ class Job(Generic[T]):
     seq: int = -1
     #: a worker reported STARTED or RETRY since it was last sent
     started: bool = False
+    #: a batch: the records' jobs it carries in one task (offset order); None: one record
+    members: list[Job[T]] | None = None
+
+    def parts(self) -> list[Job[T]]:
+        """The one-record jobs this job stands for: its members, or itself."""
+        return self.members if self.members is not None else [self]
+
+    def held_keys(self) -> set[bytes | None]:
+        """The keys its task holds while it runs (a batch: every member's)."""
+        return {job.key for job in self.parts()}
 
     @property
     def attempts(self) -> int:

@@ -73,6 +73,10 @@ class PartitionWork(Generic[T]):
             self.sizes[offset] = size
             self.open_bytes += size
 
+    def size_of(self, offset: int) -> int:
+        """Bytes of an open record (0: none counted)."""
+        return self.sizes.get(offset, 0)
+
     def closed(self, offset: int) -> int:
         """The bytes ``offset`` held, now released."""
         size = self.sizes.pop(offset, 0)

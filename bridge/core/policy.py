@@ -11,6 +11,15 @@ from bridge.core.vocabulary import Ordering
 
 
 @dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    """How records become batches (see :mod:`bridge.core.batches`)."""
+
+    max_records: int = 100
+    max_wait: float = 0.5
+    max_bytes: int = 2**20
+
+
+@dataclass(frozen=True, slots=True)
 class RoutePolicy:
     """The per-route limits and timers that decide when a record's task may run."""
 
@@ -23,6 +32,8 @@ class RoutePolicy:
     max_in_flight_bytes: int = 64 * 2**20
     #: the route's name (its topic or pattern): what :meth:`WorkEngine.hold` holds
     name: str = ""
+    #: records sent as one task (see :mod:`bridge.core.batches`); None: one task per record
+    batch: BatchPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,3 +86,20 @@ def record(self: Any, payload: Any) -> str:
     }
     _recorder.rpush(executions_key(str(headers["ckb_topic"])), json.dumps(line))
     return "ok"
+
+
+BATCH_HEADERS = ("ckb_topic", "ckb_partition", "ckb_batch_first_offset", "ckb_batch_last_offset",
+                 "ckb_batch_size")  # fmt: skip
+
+
+@app.task(bind=True, name="it.batch")
+def batch(self: Any, payloads: list[Any]) -> str:
+    """A batch task (``routes[].batch``): record the batch, fail if any payload asks to."""
+    headers = {name: getattr(self.request, name, None) for name in BATCH_HEADERS}
+    for payload in payloads:
+        if isinstance(payload, dict):
+            time.sleep(float(payload.get("sleep_ms", 0)) / 1000.0)
+            _maybe_fail(self, payload)
+    line = {"task_id": self.request.id, "payloads": payloads, **headers, "start": time.time()}
+    _recorder.rpush(executions_key(str(headers["ckb_topic"])), json.dumps(line))
+    return "ok"

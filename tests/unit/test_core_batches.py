@@ -1,0 +1,84 @@
+"""How waiting jobs become batches (bridge/core/batches.py)."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from bridge.core.batches import take_batches
+from bridge.core.jobs import Job
+from bridge.core.ordering import PartitionGate
+from bridge.core.policy import BatchPolicy
+from bridge.core.vocabulary import Ordering
+
+
+def waiting(keys: list[bytes | None]) -> deque[Job[Any]]:
+    return deque(Job(("t", 0), i, key, 1, f"id-{i}", None) for i, key in enumerate(keys))
+
+
+def offsets(batches: list[list[Job[Any]]]) -> list[list[int]]:
+    return [[job.offset for job in batch] for batch in batches]
+
+
+def test_max_bytes_closes_a_batch_and_a_record_larger_than_it_goes_alone() -> None:
+    sizes = {0: 400, 1: 400, 2: 400, 3: 5000, 4: 10}
+    jobs = waiting([None] * 5)
+    policy = BatchPolicy(max_records=10, max_bytes=1000)
+    batches = take_batches(
+        Ordering.UNORDERED, PartitionGate(), jobs, 10, policy, sizes.__getitem__, waited=True
+    )
+    assert offsets(batches) == [[0, 1], [2], [3], [4]]
+
+
+def test_unordered_takes_whole_batches_and_leaves_a_partial_one_until_it_waited() -> None:
+    jobs = waiting([None] * 7)
+    policy = BatchPolicy(max_records=3)
+    batches = take_batches(
+        Ordering.UNORDERED, PartitionGate(), jobs, 10, policy, lambda _: 0, waited=False
+    )
+    assert offsets(batches) == [[0, 1, 2], [3, 4, 5]]
+    assert [job.offset for job in jobs] == [6]
+
+
+def test_room_bounds_the_batches() -> None:
+    jobs = waiting([None] * 9)
+    batches = take_batches(
+        Ordering.UNORDERED, PartitionGate(), jobs, 2, BatchPolicy(3), lambda _: 0, waited=True
+    )
+    assert offsets(batches) == [[0, 1, 2], [3, 4, 5]]
+    assert (
+        take_batches(Ordering.UNORDERED, PartitionGate(), jobs, 0, BatchPolicy(3), len, True) == []
+    )
+
+
+def test_key_batches_skip_busy_keys_and_never_let_a_key_overtake_itself() -> None:
+    gate = PartitionGate()
+    gate.started(b"a")
+    jobs = waiting([b"a", b"b", b"a", b"c", b"b"])
+    batches = take_batches(Ordering.KEY, gate, jobs, 5, BatchPolicy(10), lambda _: 0, waited=True)
+    assert offsets(batches) == [[1, 3, 4]]  # both b records, in order, and c; a is busy
+    assert [job.offset for job in jobs] == [0, 2]
+
+
+def test_partition_batches_go_one_at_a_time() -> None:
+    gate = PartitionGate()
+    jobs = waiting([None] * 4)
+    first = take_batches(Ordering.PARTITION, gate, jobs, 5, BatchPolicy(3), lambda _: 0, True)
+    assert offsets(first) == [[0, 1, 2]]
+    gate.started(None)
+    assert take_batches(Ordering.PARTITION, gate, jobs, 5, BatchPolicy(3), lambda _: 0, True) == []
+
+
+def test_the_engine_sends_a_batch_as_one_job_with_its_members() -> None:
+    from bridge.core.engine import WorkEngine
+    from bridge.core.policy import Limits, RoutePolicy
+
+    engine: WorkEngine[None] = WorkEngine(Limits())
+    tp = ("t", 0)
+    epoch = engine.assign(tp, RoutePolicy(batch=BatchPolicy(max_records=2)))
+    for offset in range(2):
+        engine.open(tp, offset, 0.0)
+        engine.enqueue(Job(tp, offset, None, epoch, f"id-{offset}", None))
+    (batch,) = engine.select(0.0)
+    assert [job.offset for job in batch.parts()] == [0, 1]
+    assert batch.task_id == "id-0+2"  # the default id: the first record's, and the size
