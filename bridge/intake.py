@@ -22,7 +22,7 @@ from bridge.records import Record
 from bridge.routing import Router
 from bridge.settings import Route, Settings
 from bridge.task_ids import task_id_for
-from bridge.tracing import trace_headers
+from bridge.tracing import message_headers
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class Intake:
             args=args,
             kwargs=kwargs,
             queue=route.queue,
-            headers={**kafka_headers(record), **trace_headers(record.headers, job.task_id)},
+            headers={**kafka_headers(record), **message_headers(record, job.task_id, route)},
             label=f"<kafka {record.coordinates()}>",
             # a re-sent copy starts where the lost one was: its retry budget is not reset
             retries=job.retries_seen,

@@ -121,7 +121,15 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
     metrics = PrometheusObserver() if settings.metrics.enabled else None
     # fed by the loop's partition snapshots; feeds the lag gauge, /status and readiness
     lag = LagMonitor.for_settings(settings.kafka, kafka_log, metrics.set_lag if metrics else None)
-    fan_out = Observers([totals, lag, *([metrics] if metrics else []), *(observers or [])])
+    spans: list[Observer] = []
+    closers: list[Callable[[], None]] = []
+    if settings.tracing.enabled:  # the otel extra (checked by the settings): imported only now
+        from bridge.otel import start_tracing
+
+        tracing = start_tracing(settings)
+        spans.append(tracing.observer)
+        closers.append(tracing.shutdown)  # when the loop has stopped: spans flushed last
+    fan_out = Observers([totals, lag, *([metrics] if metrics else []), *spans, *(observers or [])])
     results_client = redis_client()
     commit_reports = CommitReports()  # filled inside consume(), drained by the loop
     loop = ConsumerLoop(
@@ -145,7 +153,9 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
         if any(route.rate_limit for route in settings.routes)
         else None,
     )
-    bridge = Bridge(settings, loop, watcher, dispatcher, producer, totals, [results_client.close])
+    bridge = Bridge(
+        settings, loop, watcher, dispatcher, producer, totals, [results_client.close, *closers]
+    )
     bridge.services.extend(ops_services(settings, lag, metrics, loop, watcher, dead_letters))
     # once, in the background: can the bridge see the outcomes of what it sends?
     bridge.services.append(WorkerCheck(settings, make_celery_app, loop.lost.hold_lost_tasks_of))

@@ -21,6 +21,7 @@ from pydantic_settings import (
 from bridge.dead_letter_routes import dead_letter_loop
 from bridge.route_settings import BatchSettings, Route, Strict
 from bridge.secrets import mask_text, password_needs_encoding
+from bridge.tracing import otel_missing
 
 __all__ = ["BatchSettings", "Route", "Settings", "Strict"]
 
@@ -150,6 +151,20 @@ class LoggingSettings(Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class TracingSettings(Strict):
+    """Spans per record (bridge.otel); the exporter is set by the ``OTEL_*`` environment."""
+
+    enabled: bool = False
+
+    @field_validator("enabled")
+    @classmethod
+    def _extra_installed(cls, value: bool) -> bool:
+        problem = otel_missing() if value else None
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+
 class Settings(BaseSettings):
     """The bridge's whole configuration (see config/bridge.yaml for an annotated example)."""
 
@@ -167,6 +182,7 @@ class Settings(BaseSettings):
     dead_letters: DeadLetterSettings = Field(default_factory=DeadLetterSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @model_validator(mode="after")
     def _unique_exact_topics(self) -> Settings:
