@@ -20,6 +20,7 @@ Imported only when tracing is on (:func:`bridge.tracing.otel_missing` checks the
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 from opentelemetry.context import Context
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 MAX_OPEN_SPANS = 50_000
 #: ``service.name`` unless ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES`` set one
 SERVICE = "celery-kafka-bridge"
+#: most seconds shutdown waits for the last spans' export
+FLUSH_WAIT = 5.0
 _PROPAGATOR = TraceContextTextMapPropagator()
 _ROOT = Context()  # no parent: a new trace
 
@@ -237,11 +240,20 @@ class Tracing:
     def flush(self, timeout_ms: int = 5_000) -> None:
         self.provider.force_flush(timeout_ms)
 
-    def shutdown(self) -> None:
-        """End what is open, export what is left (the exporter's timeout bounds it)."""
+    def shutdown(self, wait: float = FLUSH_WAIT) -> None:
+        """End what is open, export what is left: for ``wait`` seconds at most (the exporter
+        retries a collector that does not answer for up to its timeout, 10 s by default)."""
         remove_publish_hook(self.observer.publish_headers)
         self.observer.end_all("shutdown")
-        self.provider.shutdown()
+        flush = threading.Thread(target=self.provider.shutdown, name="ckb-spans", daemon=True)
+        flush.start()
+        flush.join(wait)
+        if flush.is_alive():
+            log.warning(
+                "the last spans were not exported within %gs (the OTLP endpoint does not "
+                "answer); stopping without them",
+                wait,
+            )
 
 
 def start_tracing(settings: Settings) -> Tracing:
@@ -250,7 +262,8 @@ def start_tracing(settings: Settings) -> Tracing:
     resource = Resource.create()
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: SERVICE}))
-    provider = TracerProvider(resource=resource)
+    # shut down by Tracing.shutdown, bounded; not again at exit (unbounded there)
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     observer = SpanObserver(provider.get_tracer("bridge"), settings.kafka.group_id)
     install_publish_hook(observer.publish_headers)

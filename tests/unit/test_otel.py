@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -280,6 +282,8 @@ def test_without_tracing_the_headers_are_the_forwarded_ones() -> None:
 #: a Python without the otel extra: importing any opentelemetry module fails
 WITHOUT_OTEL = """
 import sys
+import threading
+import time
 from importlib.abc import MetaPathFinder
 
 class NoOpenTelemetry(MetaPathFinder):
@@ -368,3 +372,21 @@ def test_the_service_name_defaults_to_the_bridges(monkeypatch: pytest.MonkeyPatc
     started = start_tracing(settings)
     started.shutdown()
     assert started.provider.resource.attributes["service.name"] == "celery-kafka-bridge"
+
+
+def test_shutdown_waits_a_bounded_time_for_a_collector_that_does_not_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")  # refused
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "3")  # it retries for this long
+    settings = Settings(routes=[{"topic": "orders", "task": "b.c"}], tracing={"enabled": True})
+    started = start_tracing(settings)
+    consumed = record()
+    started.observer.on_consumed(consumed)
+    started.observer.on_task_finished(consumed, "b.c", "success", 0.1)
+    began = time.monotonic()
+    started.shutdown(wait=0.5)
+    assert time.monotonic() - began < 1.5
+    for left in threading.enumerate():  # the export gives up on its own, in the background
+        if left.name == "ckb-spans":
+            left.join(10)
