@@ -250,6 +250,9 @@ class DeadLetterWriter:
                 )
                 self._retry.append((0.0, item))
                 return
+            # refused even without its value: only a larger max.message.bytes helps, and then
+            # the letter should land whole: its value goes again on the next try
+            item.dropped = None
             self._refuse(item, HEADERS_TOO_LARGE)
         elif kind is WriteError.REFUSED:
             found = kafka_error(error)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,10 +187,12 @@ def test_unwritable_dlq_holds_the_commit_until_writes_succeed(
             60,
             f"the bridge to see {total} tasks fail",
         )
+        # each letter is tried alone, then without its value (still over 200 bytes): refused,
+        # it waits for an operator with its value kept, so it lands whole after the fix
         wait_for(
-            lambda: "dead-letter topic unavailable" in bridge.log_tail(20000),
-            30,
-            "a dead-letter write to be refused",
+            lambda: _refused(bridge.config["metrics"]["port"], dlq) == total,
+            60,
+            f"all {total} dead letters refused (too large even without their values)",
         )
         # a commit turn after both: the canary's record is committed, the failed ones are not
         kafka.produce(canary, [json.dumps({"n": "canary"}).encode()])
@@ -216,6 +220,15 @@ def test_unwritable_dlq_holds_the_commit_until_writes_succeed(
     dead = dlq_messages(kafka, dlq)
     numbers = sorted(json.loads(d["value"])["n"] for d in dead)  # type: ignore[arg-type]
     assert numbers == list(range(total)), "every record dead-lettered exactly once"
+
+
+def _refused(port: int, dlq: str) -> float:
+    """``ckb_dlq_pending_records{dlq_topic=dlq, state="refused"}`` from the bridge's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    pattern = rf'ckb_dlq_pending_records{{dlq_topic="{re.escape(dlq)}",state="refused"}} (\S+)'
+    found = re.search(pattern, text)
+    return float(found.group(1)) if found else 0.0
 
 
 @pytest.fixture

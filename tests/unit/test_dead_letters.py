@@ -759,3 +759,24 @@ def test_a_producer_that_cannot_be_rebuilt_yet_is_rebuilt_later(clock: Clock) ->
     writer.poll()
     assert len(attempts) == 2
     assert done.calls == 1
+
+
+def test_a_letter_refused_even_without_its_value_lands_whole_once_the_topic_takes_it(
+    clock: Clock,
+) -> None:
+    producer = FakeProducer()
+    writer = DeadLetterWriter(producer, group="g")
+    record, done = make_record(value=b"z" * 300), Done()
+    writer.send(record, "orders.dlq", FAILURE, done)
+    producer.fail_next_deliveries = [TOO_LARGE, TOO_LARGE, TOO_LARGE]
+    for _ in range(3):  # in a batch, then alone, then without its value: refused each time
+        writer.poll()
+    assert written_values(producer) == [record.value, record.value, None]
+    assert done.calls == 0
+    for _ in range(60):  # the operator raised max.message.bytes; the retry comes after backoff
+        clock.now += 1.0
+        writer.poll()
+        if done.calls:
+            break
+    assert done.calls == 1
+    assert written_values(producer)[-1] == record.value, "it lands with its value"
