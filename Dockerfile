@@ -17,9 +17,10 @@ COPY pyproject.toml README.md ./
 COPY bridge ./bridge
 COPY tasks ./tasks
 COPY config/kafka ./config/kafka
-# confluent-kafka ships manylinux wheels with librdkafka inside: no compiler needed
+# confluent-kafka ships manylinux wheels with librdkafka inside: no compiler needed; the otel
+# extra so `tracing.enabled: true` works in the image (exporter set by OTEL_* variables)
 RUN python -m venv /opt/ckb \
- && /opt/ckb/bin/pip install .
+ && /opt/ckb/bin/pip install ".[otel]"
 
 ############################# runtime #############################
 FROM python:3.11-slim

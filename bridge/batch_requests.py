@@ -17,7 +17,7 @@ from bridge.intake import Work
 from bridge.payloads import HEADER_PARTITION, HEADER_TOPIC, build_call
 from bridge.settings import Settings
 from bridge.task_ids import batch_task_id
-from bridge.tracing import trace_headers
+from bridge.tracing import message_headers
 
 HEADER_BATCH_FIRST = "ckb_batch_first_offset"
 HEADER_BATCH_LAST = "ckb_batch_last_offset"
@@ -64,7 +64,8 @@ def batch_request(job: Job[Work]) -> tuple[TaskRequest | None, list[tuple[Job[Wo
         HEADER_BATCH_FIRST: first.offset,
         HEADER_BATCH_LAST: last.offset,
         HEADER_BATCH_SIZE: len(kept),
-        **trace_headers(first.headers, job.task_id),
+        # tracing on: a publish span, child of the first record's consumer span
+        **message_headers(first, job.task_id, route),
     }
     request = TaskRequest(
         task_id=job.task_id,
