@@ -30,6 +30,9 @@ class Letter:
     suspect: bool = False
     #: written without its value (its size in bytes), after it was refused alone
     dropped: int | None = None
+    #: refused even without its value: it waits for an operator and is then tried whole only
+    #: (never without its value again, so a fix never races a value-less write)
+    whole_only: bool = False
     #: the last error was permanent ("refused"): how to fix it
     refused: str | None = None
     last_error: str = ""

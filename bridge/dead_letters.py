@@ -237,7 +237,7 @@ class DeadLetterWriter:
                 item.suspect = True
                 self._retry.append((0.0, item))
                 return
-            if item.dropped is None and item.record.value:
+            if item.dropped is None and item.record.value and not item.whole_only:
                 item.suspect = False
                 item.dropped = len(item.record.value)
                 log.warning(
@@ -251,8 +251,9 @@ class DeadLetterWriter:
                 self._retry.append((0.0, item))
                 return
             # refused even without its value: only a larger max.message.bytes helps, and then
-            # the letter should land whole: its value goes again on the next try
+            # the letter should land whole: from now on it is tried with its value only
             item.dropped = None
+            item.whole_only = True
             self._refuse(item, HEADERS_TOO_LARGE)
         elif kind is WriteError.REFUSED:
             found = kafka_error(error)

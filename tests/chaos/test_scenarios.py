@@ -394,7 +394,8 @@ def test_09_dlq_writes_fail_for_a_while_then_recover(
         for round_ in range(1, profile.rounds + 1):
             if round_ > 1:
                 _max_message_bytes(admin, sc.dlq_topic, 200)
-            sc.wait_logged("dead-letter topic unavailable", round_, timeout=60)
+            # refused even without their values: the bridge says so once per outage
+            sc.wait_logged("cannot write dead letters to", round_, timeout=60)
             # the outage lasts until records after the refused ones ran: their commits are
             # held by the failed records (the invariants check every commit sampled)
             ran = sc.executed()
@@ -405,7 +406,7 @@ def test_09_dlq_writes_fail_for_a_while_then_recover(
             )
             _max_message_bytes(admin, sc.dlq_topic, 1_048_576)
             sc.fault_over()
-            sc.wait_logged("dead-letter topic available again", round_, timeout=60)
+            sc.wait_logged("are written again", round_, timeout=60)
         # backoff between DLQ retries grows to 30 s, so recovery can take that long
         sc.finish(Bounds(duplicates=0, recovery=75))
 

@@ -780,3 +780,19 @@ def test_a_letter_refused_even_without_its_value_lands_whole_once_the_topic_take
             break
     assert done.calls == 1
     assert written_values(producer)[-1] == record.value, "it lands with its value"
+    assert written_values(producer).count(None) == 1, "never tried without its value again"
+
+
+def test_a_letter_refused_even_without_its_value_is_retried_whole_only(clock: Clock) -> None:
+    producer = FakeProducer()
+    writer = DeadLetterWriter(producer, group="g")
+    record, done = make_record(value=b"z" * 300), Done()
+    writer.send(record, "orders.dlq", FAILURE, done)
+    producer.fail_next_deliveries = [TOO_LARGE] * 8
+    for _ in range(40):  # refused: retried with backoff, whole each time, still too large
+        clock.now += 1.0
+        writer.poll()
+    assert done.calls == 0
+    assert written_values(producer)[:3] == [record.value, record.value, None]
+    assert len(written_values(producer)) > 3, "retried"
+    assert None not in written_values(producer)[3:], "a fix never races a value-less write"
