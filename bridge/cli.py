@@ -8,16 +8,14 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
 
 import click
 import yaml
 
+from bridge.cli_exit import EXIT_USAGE, fail
 from bridge.secrets import mask
 from bridge.settings import ConfigError, Settings, load_settings
-
-EXIT_RUNTIME = 1
-EXIT_USAGE = 2
+from bridge.stack_cli import demo, stack
 
 config_option = click.option(
     "-c",
@@ -27,11 +25,6 @@ config_option = click.option(
     envvar="CKB_CONFIG",
     help="YAML config file (env CKB_CONFIG). CKB_* variables override its values.",
 )
-
-
-def fail(message: str, code: int = EXIT_RUNTIME) -> NoReturn:
-    click.secho(f"error: {message}", fg="red", err=True)
-    sys.exit(code)
 
 
 def settings_or_exit(path: Path | None) -> Settings:
@@ -150,116 +143,6 @@ def status(config_path: Path | None, as_json: bool, bridges: tuple[str, ...]) ->
         click.echo(json.dumps([row.__dict__ for row in rows], indent=2))
     else:
         render_status(settings.kafka.group_id, rows)
-
-
-@main.group()
-def stack() -> None:
-    """A local Kafka (KRaft) + Redis (+ Flower) for trying things out; no Docker needed."""
-
-
-state_dir_option = click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Where data, logs and pid files live (default $CKB_STATE_DIR or ~/.local/state/ckb).",
-)
-
-
-flower_option = click.option("--flower", is_flag=True, help="Also start Flower on 127.0.0.1.")
-flower_port_option = click.option("--flower-port", type=int, help="Default 5555; implies --flower.")
-
-
-@stack.command("up")
-@click.option("--kafka-port", type=int, default=9092, show_default=True)
-@click.option("--redis-port", type=int, default=6379, show_default=True)
-@flower_option
-@flower_port_option
-@state_dir_option
-def stack_up(
-    kafka_port: int, redis_port: int, flower: bool, flower_port: int | None, state_dir: Path | None
-) -> None:
-    """Start Kafka and Redis (and Flower) in the background (idempotent)."""
-    from bridge.stack import LocalStack, StackError, flower_port_for
-
-    wanted = flower_port_for(flower, flower_port)
-    local = LocalStack(state_dir, kafka_port=kafka_port, redis_port=redis_port, flower_port=wanted)
-    try:
-        info = local.up(progress=lambda line: click.echo(line, err=True))
-    except StackError as exc:
-        fail(str(exc))
-    click.echo(f"kafka: {info.kafka_bootstrap}\nredis: {info.redis_url}")
-    if info.flower_url is not None:
-        click.echo(f"flower: {info.flower_url}")
-
-
-@stack.command("down")
-@state_dir_option
-def stack_down(state_dir: Path | None) -> None:
-    """Stop the local Kafka, Redis and Flower."""
-    from bridge.stack import LocalStack, StackError
-
-    try:
-        LocalStack(state_dir).down()
-    except StackError as exc:
-        fail(str(exc))
-    click.echo("stopped")
-
-
-@stack.command("status")
-@state_dir_option
-@click.option("--json", "as_json", is_flag=True)
-def stack_status(state_dir: Path | None, as_json: bool) -> None:
-    """Whether the local Kafka, Redis (and Flower) run, and where."""
-    from bridge.stack import LocalStack
-
-    report: dict[str, Any] = LocalStack(state_dir).status()
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-        return
-    for name in ("kafka", "redis", "flower") if report["flower"]["url"] else ("kafka", "redis"):
-        part = report[name]
-        where = part.get("bootstrap") or part.get("url")
-        state = "running" if part["running"] else "stopped"
-        click.echo(f"{name:6} {state:8} {where}")
-    if not (report["kafka"]["running"] and report["redis"]["running"]):
-        sys.exit(EXIT_RUNTIME)
-
-
-@main.command()
-@click.option("--records", type=int, default=2000, show_default=True)
-@click.option("--partitions", type=int, default=6, show_default=True)
-@click.option("--kafka-port", type=int, default=9092, show_default=True)
-@click.option("--redis-port", type=int, default=6379, show_default=True)
-@state_dir_option
-@click.option("--keep-stack", is_flag=True, help="Leave Kafka and Redis running afterwards.")
-@flower_option
-@flower_port_option
-def demo(
-    records: int,
-    partitions: int,
-    kafka_port: int,
-    redis_port: int,
-    state_dir: Path | None,
-    keep_stack: bool,
-    flower: bool,
-    flower_port: int | None,
-) -> None:
-    """Local Kafka + Redis + worker + bridge + sample traffic, with live progress."""
-    from bridge.demo import DemoError, run_demo
-    from bridge.stack import flower_port_for
-
-    try:
-        run_demo(
-            records=records,
-            partitions=partitions,
-            kafka_port=kafka_port,
-            redis_port=redis_port,
-            state_dir=state_dir,
-            keep_stack=keep_stack,
-            flower_port=flower_port_for(flower, flower_port),
-        )
-    except DemoError as exc:
-        fail(str(exc))
 
 
 @main.group()
@@ -387,3 +270,7 @@ def dlq_replay(
         fail(
             f"interrupted; progress is committed under group {options.group!r}: run again to go on"
         )
+
+
+main.add_command(stack)
+main.add_command(demo)

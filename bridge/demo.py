@@ -67,7 +67,7 @@ def demo_settings(info: StackInfo, topic: str, group: str) -> Settings:
         {
             "kafka": {"bootstrap_servers": info.kafka_bootstrap, "group_id": group},
             "celery": {
-                "broker_url": f"{info.redis_url}/0",
+                "broker_url": info.broker_url,
                 "result_backend": f"{info.redis_url}/1",
             },
             "routes": [
@@ -99,7 +99,7 @@ def worker_command(flower: bool) -> list[str]:
 def start_worker(info: StackInfo, log_path: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
-        "CKB_CELERY__BROKER_URL": f"{info.redis_url}/0",
+        "CKB_CELERY__BROKER_URL": info.broker_url,
         "CKB_CELERY__RESULT_BACKEND": f"{info.redis_url}/1",
     }
     command = worker_command(flower=info.flower_url is not None)
@@ -199,12 +199,11 @@ def run_demo(
     state_dir: Path | None,
     keep_stack: bool,
     flower_port: int | None = None,
+    rabbitmq_port: int | None = None,
 ) -> None:
     console = Console()
     configure_logging("WARNING")
-    stack = LocalStack(
-        state_dir, kafka_port=kafka_port, redis_port=redis_port, flower_port=flower_port
-    )
+    stack = LocalStack(state_dir, kafka_port, redis_port, flower_port, rabbitmq_port)
     was_running = stack.status()["kafka"]["running"]
     try:
         info = stack.up(progress=lambda line: console.print(f"[dim]{line}[/]"))

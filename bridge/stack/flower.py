@@ -49,11 +49,13 @@ def flower_port_for(flower: bool, port: int | None) -> int | None:
 
 @dataclass(frozen=True)
 class FlowerNode:
-    """The Flower of one state directory; ``redis_url`` is the stack's Redis (no database)."""
+    """The Flower of one state directory; ``redis_url`` is the stack's Redis (no database),
+    ``broker_url`` its broker when that is not Redis (RabbitMQ)."""
 
     paths: StatePaths
     port: int
     redis_url: str
+    broker_url: str | None = None
 
     @property
     def url(self) -> str:
@@ -87,7 +89,7 @@ class FlowerNode:
             "-m",
             "celery",
             "--broker",
-            f"{self.redis_url}/{BROKER_DB}",
+            self.broker_url or f"{self.redis_url}/{BROKER_DB}",
             "--result-backend",
             f"{self.redis_url}/{RESULT_DB}",
             "flower",

@@ -1,18 +1,23 @@
-"""``LocalStack``: a local Kafka (KRaft) + Redis pair, and optionally Flower, in one state dir."""
+"""``LocalStack``: a local Kafka (KRaft) + Redis pair, optionally RabbitMQ (the broker) and
+Flower, in one state dir."""
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from bridge.stack.flower import FlowerNode
 from bridge.stack.kafka import KafkaNode, is_formatted
 from bridge.stack.paths import StatePaths, default_state_dir
+from bridge.stack.ports import (
+    CONTROLLER_PORT_OFFSET,
+    StackInfo,
+    StackPorts,
+    controller_port_from_properties,
+    pick_controller_port,
+)
 from bridge.stack.processes import (
     LOCALHOST,
     StackError,
@@ -21,71 +26,21 @@ from bridge.stack.processes import (
     port_accepts,
     port_in_use,
 )
+from bridge.stack.rabbitmq import RabbitNode
 from bridge.stack.redis_server import RedisNode
+
+__all__ = ["LocalStack", "StackInfo", "StackPorts", "controller_port_from_properties"]
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
-CONTROLLER_PORT_OFFSET = 1000
-_CONTROLLER_LINE = re.compile(r"^controller\.quorum\.bootstrap\.servers=.*:(\d+)\s*$", re.M)
-
-
-@dataclass(frozen=True)
-class StackInfo:
-    kafka_bootstrap: str
-    redis_url: str
-    state_dir: Path
-    flower_url: str | None = None
-
-
-@dataclass(frozen=True)
-class StackPorts:
-    """The ports of a stack, remembered in ``stack.json``."""
-
-    kafka: int
-    controller: int
-    redis: int
-    flower: int | None = None  # None: no Flower was started with this stack
-
-    @classmethod
-    def from_file(cls, path: Path) -> StackPorts | None:
-        try:
-            data = json.loads(path.read_text())
-            flower = data.get("flower")
-            return cls(
-                int(data["kafka"]),
-                int(data["controller"]),
-                int(data["redis"]),
-                None if flower is None else int(flower),
-            )
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None
-
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        tmp.replace(path)
-
-
-def pick_controller_port(kafka_port: int, redis_port: int) -> int:
-    """``kafka_port + 1000`` when usable and free, else any free port."""
-    preferred = kafka_port + CONTROLLER_PORT_OFFSET
-    if preferred <= 65535 and preferred != redis_port and not port_in_use(preferred):
-        return preferred
-    return free_port()
-
-
-def controller_port_from_properties(text: str) -> int | None:
-    match = _CONTROLLER_LINE.search(text)
-    return int(match.group(1)) if match else None
-
 
 class LocalStack:
     """Start, stop and inspect the local Kafka + Redis (+ Flower) of one state directory.
 
-    ``flower_port`` asks ``up`` for Flower too; without it ``up`` leaves a running Flower be.
+    ``flower_port`` asks ``up`` for Flower too, ``rabbitmq_port`` for RabbitMQ (then the
+    Celery broker); without them ``up`` leaves a running Flower or RabbitMQ be.
     """
 
     def __init__(
@@ -94,6 +49,7 @@ class LocalStack:
         kafka_port: int = 9092,
         redis_port: int = 6379,
         flower_port: int | None = None,
+        rabbitmq_port: int | None = None,
     ) -> None:
         root = default_state_dir() if state_dir is None else Path(state_dir)
         self.state_dir = root.expanduser().resolve()
@@ -101,6 +57,7 @@ class LocalStack:
         self.kafka_port = kafka_port
         self.redis_port = redis_port
         self.flower_port = flower_port
+        self.rabbitmq_port = rabbitmq_port
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -111,6 +68,9 @@ class LocalStack:
             ports = self._plan(StackPorts.from_file(self.paths.stack_file))
             ports.save(self.paths.stack_file)
             self._ensure_redis(self._redis(ports), report)
+            rabbit = self._rabbit(ports)
+            if rabbit is not None:
+                self._ensure_rabbitmq(rabbit, report)
             self._ensure_kafka(self._kafka(ports), report)
             flower = self._flower(ports)
             if flower is not None:
@@ -118,7 +78,8 @@ class LocalStack:
             return self._info(ports)
 
     def down(self) -> None:
-        """Stop Flower, Kafka, then Redis (SIGTERM, SIGKILL after a timeout); idempotent."""
+        """Stop Flower, Kafka, RabbitMQ, then Redis (SIGTERM, SIGKILL after a timeout);
+        idempotent."""
         if not self.state_dir.is_dir():
             return
         with file_lock(self.paths.lock_file):
@@ -127,6 +88,9 @@ class LocalStack:
             if flower is not None:
                 flower.stop()
             self._kafka(ports).stop()
+            rabbit = self._rabbit(ports)
+            if rabbit is not None:
+                rabbit.stop()
             self._redis(ports).stop()
 
     def status(self) -> dict[str, Any]:
@@ -145,6 +109,7 @@ class LocalStack:
                 "pid": redis_pid,
             },
             "flower": self._flower_status(ports),
+            "rabbitmq": self._rabbitmq_status(ports),
             "state_dir": str(self.state_dir),
         }
 
@@ -170,6 +135,19 @@ class LocalStack:
         with file_lock(self.paths.lock_file):
             self._ensure_redis(self._redis(self._started_ports()), log.info)
 
+    def stop_rabbitmq(self, kill: bool = False) -> None:
+        with file_lock(self.paths.lock_file):
+            rabbit = self._rabbit(self._started_ports())
+            if rabbit is not None:
+                rabbit.stop(kill=kill)
+
+    def start_rabbitmq(self) -> None:
+        with file_lock(self.paths.lock_file):
+            rabbit = self._rabbit(self._started_ports())
+            if rabbit is None:
+                raise StackError(f"the stack in {self.state_dir} was started without RabbitMQ")
+            self._ensure_rabbitmq(rabbit, log.info)
+
     def stop_flower(self) -> None:
         """Stop Flower only; Kafka and Redis keep running."""
         with file_lock(self.paths.lock_file):
@@ -188,7 +166,23 @@ class LocalStack:
     def _flower(self, ports: StackPorts) -> FlowerNode | None:
         if ports.flower is None:
             return None
-        return FlowerNode(self.paths, ports.flower, self._redis(ports).url)
+        rabbit = self._rabbit(ports)
+        broker = None if rabbit is None else rabbit.url
+        return FlowerNode(self.paths, ports.flower, self._redis(ports).url, broker)
+
+    def _rabbit(self, ports: StackPorts) -> RabbitNode | None:
+        if ports.rabbitmq is None or ports.rabbitmq_dist is None or ports.epmd is None:
+            return None
+        return RabbitNode(self.paths, ports.rabbitmq, ports.rabbitmq_dist, ports.epmd)
+
+    def _rabbitmq_status(self, ports: StackPorts) -> dict[str, Any]:
+        rabbit = self._rabbit(ports)
+        pid = None if rabbit is None else rabbit.pid()
+        return {
+            "running": rabbit is not None and pid is not None and port_accepts(rabbit.port),
+            "url": None if rabbit is None else rabbit.url,
+            "pid": pid,
+        }
 
     def _flower_status(self, ports: StackPorts) -> dict[str, Any]:
         flower = self._flower(ports)
@@ -200,12 +194,13 @@ class LocalStack:
         }
 
     def _info(self, ports: StackPorts) -> StackInfo:
-        flower = self._flower(ports)
+        flower, rabbit = self._flower(ports), self._rabbit(ports)
         return StackInfo(
             kafka_bootstrap=f"{LOCALHOST}:{ports.kafka}",
             redis_url=f"redis://{LOCALHOST}:{ports.redis}",
             state_dir=self.state_dir,
             flower_url=None if flower is None else flower.url,
+            rabbitmq_url=None if rabbit is None else rabbit.url,
         )
 
     def _known_ports(self) -> StackPorts:
@@ -239,7 +234,28 @@ class LocalStack:
         else:
             self._check_free("Redis", self.redis_port, "--redis-port")
         flower = self._plan_flower(saved, controller)
-        return StackPorts(self.kafka_port, controller, self.redis_port, flower)
+        rabbit = self._plan_rabbitmq(saved, (controller, flower))
+        return StackPorts(self.kafka_port, controller, self.redis_port, flower, *rabbit)
+
+    def _plan_rabbitmq(
+        self, saved: StackPorts | None, taken: tuple[int | None, ...]
+    ) -> tuple[int | None, int | None, int | None]:
+        """A running RabbitMQ keeps its ports; else the AMQP port asked for (if any), with a
+        free distribution port and a free port for its own epmd."""
+        running = self._rabbit(saved) if saved is not None else None
+        if running is not None and running.running():
+            if self.rabbitmq_port is not None:
+                self._check_same("RabbitMQ", running.port, self.rabbitmq_port, "--rabbitmq-port")
+            return running.port, running.dist_port, running.epmd_port
+        if self.rabbitmq_port is None:
+            return None, None, None
+        if self.rabbitmq_port in (self.kafka_port, self.redis_port, *taken):
+            raise StackError(
+                f"RabbitMQ cannot share port {self.rabbitmq_port} with Kafka, Redis or Flower; "
+                "choose another with --rabbitmq-port N"
+            )
+        self._check_free("RabbitMQ", self.rabbitmq_port, "--rabbitmq-port")
+        return self.rabbitmq_port, free_port(), free_port()
 
     def _plan_flower(self, saved: StackPorts | None, controller: int) -> int | None:
         """A running Flower keeps its port (asked for or not); else the one asked for, if any."""
@@ -313,6 +329,15 @@ class LocalStack:
             self._check_free("Flower", node.port, "--flower-port")
             node.start(report)
         elif not node.answers(timeout=2.0):
+            node.wait_ready(pid)
+
+    def _ensure_rabbitmq(self, node: RabbitNode, report: Progress) -> None:
+        pid = node.pid()
+        if pid is None:
+            self._check_free("RabbitMQ", node.port, "--rabbitmq-port")
+            node.start(report)
+        elif not node.answers(timeout=2.0):
+            report("RabbitMQ is starting; waiting for it to take connections")
             node.wait_ready(pid)
 
     def _ensure_redis(self, node: RedisNode, report: Progress) -> None:

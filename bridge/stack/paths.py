@@ -164,3 +164,15 @@ class StatePaths:
     @property
     def flower_log(self) -> Path:
         return self.logs / "flower.log"
+
+    @property
+    def rabbitmq_dir(self) -> Path:
+        return self.root / "rabbitmq"
+
+    @property
+    def rabbitmq_pid(self) -> Path:
+        return self.root / "rabbitmq.pid"
+
+    @property
+    def rabbitmq_log(self) -> Path:
+        return self.logs / "rabbitmq.out"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
 
+import kombu
 import pytest
 import redis
 from confluent_kafka import Consumer, Producer
@@ -125,4 +127,59 @@ def test_stack_lifecycle(tmp_path: Path) -> None:
     assert not status["redis"]["running"] and status["redis"]["pid"] is None
     assert not status["flower"]["running"] and status["flower"]["pid"] is None
     assert not _flower_answers(f"http://127.0.0.1:{flower_port}")
+    stack.down()  # idempotent
+
+
+def _amqp_round_trip(url: str) -> None:
+    """Publish with publisher confirms and read the message back."""
+    queue_name = f"stack-it-{uuid.uuid4().hex[:10]}"
+    with kombu.Connection(url, transport_options={"confirm_publish": True}) as connection:
+        queue = kombu.Queue(queue_name, auto_delete=True)
+        with connection.Producer() as producer:
+            producer.publish({"hello": 1}, routing_key=queue_name, declare=[queue])
+        message = queue(connection.default_channel).get(no_ack=True)
+        assert message is not None and message.payload == {"hello": 1}
+
+
+def test_stack_with_rabbitmq_broker(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    kafka_port, redis_port, rabbit_port = free_port(), free_port(), free_port()
+    stack = LocalStack(state, kafka_port, redis_port, rabbitmq_port=rabbit_port)
+    url = f"amqp://guest:guest@127.0.0.1:{rabbit_port}//"
+    progress: list[str] = []
+    try:
+        info = stack.up(progress=progress.append)
+        assert info.rabbitmq_url == url and info.broker_url == url
+        assert any("RabbitMQ ready" in m for m in progress), progress
+        status = stack.status()
+        assert status["rabbitmq"]["running"] and status["rabbitmq"]["url"] == url, status
+        pid = status["rabbitmq"]["pid"]
+        _amqp_round_trip(url)
+        # node name, cookie, mnesia, logs and pid file are the state dir's
+        assert (state / "rabbitmq.pid").read_text().strip() == str(pid)
+        assert (state / "rabbitmq" / ".erlang.cookie").is_file()
+        assert (state / "rabbitmq" / "mnesia" / f"ckb-{rabbit_port}@localhost").is_dir()
+        assert (state / "logs" / "rabbitmq" / f"ckb-{rabbit_port}@localhost.log").is_file()
+
+        # idempotent, with or without the flag; the flag with another port is refused
+        assert stack.up() == info
+        assert LocalStack(state, kafka_port, redis_port).up() == info
+        assert LocalStack(state).status()["rabbitmq"]["pid"] == pid
+        with pytest.raises(StackError, match=rf"already runs RabbitMQ on 127.0.0.1:{rabbit_port}"):
+            LocalStack(state, kafka_port, redis_port, rabbitmq_port=free_port()).up()
+
+        stack.stop_rabbitmq()
+        assert not stack.status()["rabbitmq"]["running"]
+        assert stack.status()["redis"]["running"]
+        stack.start_rabbitmq()
+        assert stack.status()["rabbitmq"]["pid"] != pid
+        _amqp_round_trip(url)  # mnesia kept: the node restarts on its own data
+    finally:
+        stack.down()
+    status = stack.status()["rabbitmq"]
+    assert not status["running"] and status["pid"] is None
+    ports = json.loads((state / "stack.json").read_text())
+    epmd = socket.socket()
+    with epmd:  # the node's own epmd went with it
+        assert epmd.connect_ex(("127.0.0.1", ports["epmd"])) != 0
     stack.down()  # idempotent

@@ -1,0 +1,76 @@
+"""What a local stack's addresses are (``StackInfo``) and the ports it remembers
+(``StackPorts``, in ``stack.json``)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bridge.stack.processes import free_port, port_in_use
+
+CONTROLLER_PORT_OFFSET = 1000
+_CONTROLLER_LINE = re.compile(r"^controller\.quorum\.bootstrap\.servers=.*:(\d+)\s*$", re.M)
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    kafka_bootstrap: str
+    redis_url: str
+    state_dir: Path
+    flower_url: str | None = None
+    #: the RabbitMQ broker, when the stack runs one (``--broker rabbitmq``)
+    rabbitmq_url: str | None = None
+
+    @property
+    def broker_url(self) -> str:
+        """The Celery broker: RabbitMQ when the stack runs it, else Redis database 0."""
+        return self.rabbitmq_url or f"{self.redis_url}/0"
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    """The ports of a stack, remembered in ``stack.json``."""
+
+    kafka: int
+    controller: int
+    redis: int
+    flower: int | None = None  # None: no Flower was started with this stack
+    #: AMQP, Erlang distribution and epmd ports of RabbitMQ; None: no RabbitMQ here
+    rabbitmq: int | None = None
+    rabbitmq_dist: int | None = None
+    epmd: int | None = None
+
+    @classmethod
+    def from_file(cls, path: Path) -> StackPorts | None:
+        try:
+            data = json.loads(path.read_text())
+            optional = [data.get(k) for k in ("flower", "rabbitmq", "rabbitmq_dist", "epmd")]
+            return cls(
+                int(data["kafka"]),
+                int(data["controller"]),
+                int(data["redis"]),
+                *(None if port is None else int(port) for port in optional),
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp.replace(path)
+
+
+def pick_controller_port(kafka_port: int, redis_port: int) -> int:
+    """``kafka_port + 1000`` when usable and free, else any free port."""
+    preferred = kafka_port + CONTROLLER_PORT_OFFSET
+    if preferred <= 65535 and preferred != redis_port and not port_in_use(preferred):
+        return preferred
+    return free_port()
+
+
+def controller_port_from_properties(text: str) -> int | None:
+    match = _CONTROLLER_LINE.search(text)
+    return int(match.group(1)) if match else None

@@ -1,0 +1,165 @@
+"""``ckb stack`` and ``ckb demo``: the local Kafka + Redis (+ RabbitMQ, Flower) and the quick
+start on it. Heavy imports stay inside the commands, so ``ckb --help`` stays quick."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bridge.cli_exit import EXIT_RUNTIME, fail
+
+
+@click.group()
+def stack() -> None:
+    """A local Kafka (KRaft) + Redis (+ Flower) for trying things out; no Docker needed."""
+
+
+state_dir_option = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where data, logs and pid files live (default $CKB_STATE_DIR or ~/.local/state/ckb).",
+)
+
+
+flower_option = click.option("--flower", is_flag=True, help="Also start Flower on 127.0.0.1.")
+flower_port_option = click.option("--flower-port", type=int, help="Default 5555; implies --flower.")
+broker_option = click.option(
+    "--broker",
+    type=click.Choice(["redis", "rabbitmq"]),
+    default="redis",
+    show_default=True,
+    help="The Celery broker: Redis (database 0) or a local RabbitMQ; results stay in Redis.",
+)
+rabbitmq_port_option = click.option(
+    "--rabbitmq-port",
+    type=int,
+    help="AMQP port of RabbitMQ (default 5672); implies --broker rabbitmq.",
+)
+
+
+def _rabbitmq_port(broker: str, port: int | None) -> int | None:
+    from bridge.stack import DEFAULT_RABBITMQ_PORT
+
+    if port is not None:
+        return port
+    return DEFAULT_RABBITMQ_PORT if broker == "rabbitmq" else None
+
+
+@stack.command("up")
+@click.option("--kafka-port", type=int, default=9092, show_default=True)
+@click.option("--redis-port", type=int, default=6379, show_default=True)
+@broker_option
+@rabbitmq_port_option
+@flower_option
+@flower_port_option
+@state_dir_option
+def stack_up(
+    kafka_port: int,
+    redis_port: int,
+    broker: str,
+    rabbitmq_port: int | None,
+    flower: bool,
+    flower_port: int | None,
+    state_dir: Path | None,
+) -> None:
+    """Start Kafka and Redis (and RabbitMQ, Flower) in the background (idempotent)."""
+    from bridge.stack import LocalStack, StackError, flower_port_for
+
+    local = LocalStack(
+        state_dir,
+        kafka_port=kafka_port,
+        redis_port=redis_port,
+        flower_port=flower_port_for(flower, flower_port),
+        rabbitmq_port=_rabbitmq_port(broker, rabbitmq_port),
+    )
+    try:
+        info = local.up(progress=lambda line: click.echo(line, err=True))
+    except StackError as exc:
+        fail(str(exc))
+    click.echo(f"kafka: {info.kafka_bootstrap}\nredis: {info.redis_url}")
+    if info.rabbitmq_url is not None:
+        click.echo(f"rabbitmq: {info.rabbitmq_url}")
+    if info.flower_url is not None:
+        click.echo(f"flower: {info.flower_url}")
+
+
+@stack.command("down")
+@state_dir_option
+def stack_down(state_dir: Path | None) -> None:
+    """Stop the local Kafka, Redis, RabbitMQ and Flower."""
+    from bridge.stack import LocalStack, StackError
+
+    try:
+        LocalStack(state_dir).down()
+    except StackError as exc:
+        fail(str(exc))
+    click.echo("stopped")
+
+
+@stack.command("status")
+@state_dir_option
+@click.option("--json", "as_json", is_flag=True)
+def stack_status(state_dir: Path | None, as_json: bool) -> None:
+    """Whether the local Kafka, Redis (and RabbitMQ, Flower) run, and where."""
+    from bridge.stack import LocalStack
+
+    report: dict[str, Any] = LocalStack(state_dir).status()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for name in ("kafka", "redis", "rabbitmq", "flower"):
+        part = report[name]
+        if name in ("rabbitmq", "flower") and not part["url"]:
+            continue
+        where = part.get("bootstrap") or part.get("url")
+        state = "running" if part["running"] else "stopped"
+        click.echo(f"{name:8} {state:8} {where}")
+    if not (report["kafka"]["running"] and report["redis"]["running"]):
+        sys.exit(EXIT_RUNTIME)
+
+
+@click.command()
+@click.option("--records", type=int, default=2000, show_default=True)
+@click.option("--partitions", type=int, default=6, show_default=True)
+@click.option("--kafka-port", type=int, default=9092, show_default=True)
+@click.option("--redis-port", type=int, default=6379, show_default=True)
+@state_dir_option
+@click.option("--keep-stack", is_flag=True, help="Leave Kafka and Redis running afterwards.")
+@broker_option
+@rabbitmq_port_option
+@flower_option
+@flower_port_option
+def demo(
+    records: int,
+    partitions: int,
+    kafka_port: int,
+    redis_port: int,
+    state_dir: Path | None,
+    keep_stack: bool,
+    broker: str,
+    rabbitmq_port: int | None,
+    flower: bool,
+    flower_port: int | None,
+) -> None:
+    """Local Kafka + Redis + worker + bridge + sample traffic, with live progress."""
+    from bridge.demo import DemoError, run_demo
+    from bridge.stack import flower_port_for
+
+    try:
+        run_demo(
+            records=records,
+            partitions=partitions,
+            kafka_port=kafka_port,
+            redis_port=redis_port,
+            state_dir=state_dir,
+            keep_stack=keep_stack,
+            flower_port=flower_port_for(flower, flower_port),
+            rabbitmq_port=_rabbitmq_port(broker, rabbitmq_port),
+        )
+    except DemoError as exc:
+        fail(str(exc))
