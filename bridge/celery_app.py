@@ -1,4 +1,10 @@
-"""The bridge's own Celery app: a client only. It never imports the tasks it sends."""
+"""The bridge's own Celery app: a client only. It never imports the tasks it sends.
+
+On an AMQP broker (RabbitMQ) the app turns publisher confirms on (kombu's pyamqp transport
+option ``confirm_publish``): a publish returns once RabbitMQ has the message, and one it
+refuses (``basic.nack``) raises, so a task counts as dispatched only once the broker holds it.
+``options.broker_transport_options.confirm_publish: false`` turns them off (and that promise).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,14 @@ from typing import Any
 from celery import Celery
 
 from bridge.settings import CelerySettings
+
+#: broker URL schemes served by kombu's pyamqp transport
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
+
+
+def uses_amqp(broker_url: str) -> bool:
+    """Whether ``broker_url`` is an AMQP broker (RabbitMQ), not Redis."""
+    return broker_url.partition("://")[0].lower() in AMQP_SCHEMES
 
 
 def make_celery_app(settings: CelerySettings) -> Any:
@@ -21,4 +35,7 @@ def make_celery_app(settings: CelerySettings) -> Any:
         task_publish_retry=False,
     )
     app.conf.update(settings.options)
+    if uses_amqp(settings.broker_url):
+        transport = dict(app.conf.broker_transport_options or {})
+        app.conf.broker_transport_options = {"confirm_publish": True, **transport}
     return app

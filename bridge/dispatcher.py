@@ -8,6 +8,10 @@ channel; the result watcher listens for all of them instead.
 Each message is encoded (:meth:`Dispatcher.encode`) before the batch, one by one: a message
 that cannot be encoded is that record's problem alone (it is dead-lettered) and can never fail
 the batch. The batch publish then does only I/O, and only I/O errors are retried.
+
+On RabbitMQ ``Producer.batch()`` publishes one message at a time (a socket write each, no
+round trip); with publisher confirms the batch then waits once for RabbitMQ's acks of all its
+messages (:mod:`bridge.amqp_confirms`): a batch counts as sent only once RabbitMQ has it.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import amqp.exceptions  # type: ignore[import-untyped]
 import kombu.exceptions
 import redis.exceptions
 from kombu.serialization import dumps
 from kombu.utils.json import dumps as json_dumps
 
+from bridge.amqp_confirms import BatchConfirms
 from bridge.io_retry import OutageLog, retry_io
 
 log = logging.getLogger(__name__)
@@ -36,7 +42,15 @@ BROKER_IO_ERRORS: tuple[type[BaseException], ...] = (
     kombu.exceptions.ChannelError,
     kombu.exceptions.BatchPublishError,
     kombu.exceptions.LimitExceeded,
+    # RabbitMQ (py-amqp): kombu's ConnectionError and ChannelError above are py-amqp's own
+    # (ConnectionForced when it shuts down, a closed channel, ...); a publish it refused
+    # (basic.nack, with publisher confirms) raises MessageNacked, a plain Exception; confirms
+    # that do not come within CONFIRM_TIMEOUT raise TimeoutError (an OSError)
+    amqp.exceptions.MessageNacked,
 )
+
+#: seconds a batch waits for RabbitMQ's confirms before it counts as not sent
+CONFIRM_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +99,23 @@ class Dispatcher:
         self._producer: Any = None
         self._outage = OutageLog(log, "Celery broker")
         self._declared: set[str] = set()
+        #: RabbitMQ (py-amqp), and its batch confirms (``confirm_publish``); known once connected
+        self._amqp = False
+        self._confirms: BatchConfirms | None = None
 
     def _ensure_producer(self) -> Any:
         if self._producer is None:
-            self._connection = self._app.connection_for_write()
-            self._connection.ensure_connection(max_retries=1)
-            self._producer = self._app.amqp.Producer(self._connection, auto_declare=False)
+            connection = self._app.connection_for_write()
+            self._connection = connection
+            self._amqp = connection.transport.driver_type == "amqp"
+            options = connection.transport_options or {}
+            confirms = self._amqp and bool(options.get("confirm_publish"))
+            if confirms:  # confirmed batch by batch here, not message by message in py-amqp
+                connection.transport_options = {**options, "confirm_publish": False}
+            connection.ensure_connection(max_retries=1)
+            producer = self._app.amqp.Producer(connection, auto_declare=False)
+            self._confirms = BatchConfirms(producer.channel) if confirms else None
+            self._producer = producer
         return self._producer
 
     def _reset(self) -> None:
@@ -101,6 +126,7 @@ class Dispatcher:
                 log.debug("closing the broker connection failed", exc_info=True)
         self._connection = None
         self._producer = None
+        self._confirms = None
         self._declared.clear()
 
     def _declare_once(self, producer: Any, queue: str | None) -> list[Any]:
@@ -154,6 +180,10 @@ class Dispatcher:
                         content_type=task.content_type,
                         content_encoding=task.content_encoding,
                     )
+                    if self._confirms is not None:
+                        self._confirms.published()
+            if self._confirms is not None:  # sent only once RabbitMQ has every message
+                self._confirms.wait(self._connection, CONFIRM_TIMEOUT)
         except Exception:
             self._reset()
             raise
@@ -184,7 +214,9 @@ class Dispatcher:
             channel = self._ensure_producer().channel
             return int(channel.queue_declare(queue=name, passive=True).message_count)
         except kombu.exceptions.ChannelError:
-            return 0  # never declared: nothing was ever queued there
+            if self._amqp:
+                self._reset()  # RabbitMQ closes the channel of a failed passive declare
+            return 0  # never declared (Redis: or empty): nothing waits there
         except Exception as exc:  # the broker is away: no reading this time
             log.debug("queue depth of %s not read: %r", name, exc)
             self._reset()

@@ -1,4 +1,5 @@
-"""One real Kafka + Redis per test session, and one shared Celery worker.
+"""One real Kafka + Redis per test session, and one shared Celery worker; a RabbitMQ broker
+next to them for the tests that ask for it (``rabbitmq_stack``).
 
 Here at the top of ``tests/`` so the integration and chaos suites share them in one session:
 the stack starts once, on first use (unit tests never ask for it). Tests use unique topic and
@@ -7,6 +8,7 @@ group names, so they never see each other's records.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,8 @@ import redis
 from _pytest.terminal import TerminalReporter
 
 from bridge.stack import LocalStack, StackInfo
+from bridge.stack.paths import StatePaths
+from bridge.stack.rabbitmq import RabbitNode
 from tests import figures
 from tests.integration.harness import (
     SHARED_QUEUE,
@@ -40,6 +44,25 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
 @pytest.fixture(scope="session")
 def stack(local_stack: LocalStack) -> StackInfo:
     return local_stack.up()  # idempotent: returns the running stack's addresses
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
+    """A real rabbitmq-server (Debian's, installed on demand), started once per session."""
+    paths = StatePaths(tmp_path_factory.mktemp("rabbitmq"))
+    node = RabbitNode(paths, port=free_port(), dist_port=free_port(), epmd_port=free_port())
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_stack(stack: StackInfo, rabbitmq_node: RabbitNode) -> StackInfo:
+    """The session's Kafka and Redis (results) with RabbitMQ as the Celery broker: the harness
+    helpers (``bridge_config``, ``start_worker``) take it like ``stack``."""
+    return dataclasses.replace(stack, rabbitmq_url=rabbitmq_node.url)
 
 
 @pytest.fixture(scope="session")

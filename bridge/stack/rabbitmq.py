@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import amqp  # type: ignore[import-untyped]
 
@@ -190,6 +191,14 @@ class RabbitNode:
         remove_pid(self.paths.rabbitmq_pid)
         self._stop_epmd()
         wait_port_free(self.port, timeout=10.0)
+
+    def ctl(self, *args: str, timeout: float = 60.0) -> str:
+        """``rabbitmqctl -n <node> ARGS`` against this node (same cookie and epmd); its output."""
+        script = find_rabbitmq_server()
+        ctl = str(Path(script).with_name("rabbitmqctl"))
+        fix = f"Check {self.paths.rabbitmq_log}."
+        argv = [ctl, "-n", self.node_name, *args]
+        return run_tool(argv, f"rabbitmqctl {' '.join(args)}", fix, timeout, env=self.env())
 
     def _stop_epmd(self) -> None:
         epmd = shutil.which("epmd")

@@ -178,7 +178,7 @@ class Executions:
 def worker_env(stack: StackInfo, recorder_db: int = 2) -> dict[str, str]:
     return {
         **os.environ,
-        "CKB_CELERY__BROKER_URL": f"{stack.redis_url}/0",
+        "CKB_CELERY__BROKER_URL": stack.broker_url,
         "CKB_CELERY__RESULT_BACKEND": f"{stack.redis_url}/1",
         "CKB_IT_RECORDER_URL": f"{stack.redis_url}/{recorder_db}",
         "PYTHONPATH": str(REPO),
@@ -228,7 +228,7 @@ def start_worker(
     worker = Worker(process, log_path)
     from celery import Celery
 
-    pinger = Celery(broker=f"{stack.redis_url}/0")
+    pinger = Celery(broker=stack.broker_url)
     name = f"{queue}@{socket.gethostname()}"
 
     def ready() -> bool:
@@ -255,7 +255,7 @@ def bridge_config(
     config: dict[str, Any] = {
         "kafka": {"bootstrap_servers": stack.kafka_bootstrap, "group_id": group},
         "celery": {
-            "broker_url": f"{stack.redis_url}/0",
+            "broker_url": stack.broker_url,  # Redis database 0, or the session's RabbitMQ
             "result_backend": f"{stack.redis_url}/1",
         },
         "routes": routes,
