@@ -50,9 +50,10 @@ class BatchConfirms:
 
     def wait(self, connection: Any, timeout: float) -> None:
         """Wait until RabbitMQ acked every publish so far; raise if it nacked any (since the
-        channel opened) or ``timeout`` seconds pass first."""
+        channel opened) or ``timeout`` seconds pass first. After a nack it still waits for the
+        rest of the batch to be settled, so no late ack reaches a channel being closed."""
         deadline = time.monotonic() + timeout
-        while self._open and not self._nacked:
+        while self._open:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"{len(self._open)} publishes not confirmed in {timeout}s")

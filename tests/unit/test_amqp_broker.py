@@ -127,10 +127,12 @@ def test_a_batch_is_sent_once_every_message_is_acked() -> None:
 
 
 def test_a_nack_of_any_message_fails_the_batch() -> None:
-    confirms, channel = confirms_after(3)
-    connection = Replies(channel, [("basic_ack", 1, False), ("basic_nack", 3, True)])
+    confirms, channel = confirms_after(4)
+    replies = [("basic_ack", 1, False), ("basic_nack", 3, True), ("basic_ack", 4, False)]
+    connection = Replies(channel, replies)
     with pytest.raises(amqp.exceptions.MessageNacked, match="refused 2"):
         confirms.wait(connection, timeout=5)
+    assert not connection.replies, "the whole batch settled before the channel is dropped"
     assert issubclass(amqp.exceptions.MessageNacked, BROKER_IO_ERRORS)
 
 
