@@ -79,6 +79,8 @@ class DeadLetter:
     group: str | None = None
     #: ``ckb.replay.count``: replays so far (0: none), None when the header is garbled
     replays: int | None = 0
+    #: ``ckb.value.dropped``: the letter was written without the record's value (too large)
+    value_dropped: bool = False
 
     @classmethod
     def from_record(cls, record: Record) -> DeadLetter:
@@ -94,6 +96,7 @@ class DeadLetter:
             error_class=header_text(headers, "ckb.error.class"),
             group=header_text(headers, "ckb.group"),
             replays=_replay_count(header_text(headers, REPLAY_COUNT)),
+            value_dropped=header_text(headers, "ckb.value.dropped") is not None,
         )
 
     def origin(self) -> str:

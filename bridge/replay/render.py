@@ -60,6 +60,9 @@ def refusal_notes(refusals: dict[str, int], trust: Trust) -> list[str]:
         Refusal.MAX_REPLAYS.value: f"replayed --max-replays ({trust.max_replays}) times "
         "already (ckb.replay.count, or it is garbled): records that fail every time; "
         "a dry run lists them, a higher --max-replays tries again",
+        Refusal.VALUE_DROPPED.value: "written without the record's value (ckb.value.dropped: "
+        "too large for the dead-letter topic): never replayed, it would be a record without a "
+        "value; read it from its source topic at ckb.original.partition/offset",
     }
     return [f"refused {refusals[rule]}: {why[rule]}" for rule in why if refusals.get(rule)]
 

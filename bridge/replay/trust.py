@@ -8,7 +8,10 @@ default ``ckb dlq replay`` sends a letter only when
 - its ``ckb.original.topic`` is one the bridge's routes consume (``--to TOPIC`` names the
   destination explicitly; ``--allow-any-topic`` lifts it);
 - it was replayed fewer than ``--max-replays`` times (``ckb.replay.count``, default 3;
-  a garbled count counts as too many).
+  a garbled count counts as too many);
+- it carries the record's value: a letter written without it (``ckb.value.dropped``, too large
+  for its topic) is never replayed, by no option: it would be a record without a value, a
+  tombstone that deletes its key on a compacted topic. The value is in the source topic.
 
 A letter that fails a rule is *refused*: not produced, counted by :class:`Refusal`, listed by
 a dry run, and committed past like a filtered one (it stays in the dead-letter topic).
@@ -34,6 +37,7 @@ class Refusal(Enum):
     OTHER_GROUP = "other_group"
     UNROUTED_TOPIC = "unrouted_topic"
     MAX_REPLAYS = "max_replays"
+    VALUE_DROPPED = "value_dropped"
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class Trust:
     max_replays: int = DEFAULT_MAX_REPLAYS
 
     def refusal(self, letter: DeadLetter, explicit_destination: bool) -> Refusal | None:
+        if letter.value_dropped:
+            return Refusal.VALUE_DROPPED
         if self.group is not None and letter.group != self.group:
             return Refusal.OTHER_GROUP
         topic = letter.original_topic

@@ -847,3 +847,17 @@ def test_the_command_line_builds_the_trust_from_the_config(
     assert strict.consumed is not None and strict.consumed("orders")
     assert not strict.consumed("legacy")
     assert (loose.group, loose.consumed, loose.max_replays) == (None, None, 5)
+
+
+def test_a_letter_written_without_its_value_is_never_replayed() -> None:
+    """Replaying it would produce a record with no value: a tombstone that deletes its key
+    on a compacted topic. The value is in the source topic (``ckb.original.*``)."""
+    dropped = with_headers(dead_letter(), ckb_value_dropped=b"300000")
+    assert dropped.value_dropped
+    anything = Trust(group=None, consumed=None, max_replays=100)
+    for trust in (TRUSTED, anything):
+        assert Selection(trust=trust).judge(dropped) == (Verdict.REFUSED, Refusal.VALUE_DROPPED)
+    from bridge.replay.render import refusal_notes
+
+    notes = refusal_notes({Refusal.VALUE_DROPPED.value: 2}, TRUSTED)
+    assert notes and "ckb.value.dropped" in notes[0]
