@@ -123,14 +123,7 @@ def trace_headers(
     record_headers: tuple[tuple[str, bytes | None], ...], task_id: str
 ) -> dict[str, str]:
     """The tracing headers of the task message for a record with these Kafka headers."""
-    incoming: bytes | None = None
-    state: bytes | None = None
-    for name, value in record_headers:
-        lowered = name.lower()
-        if lowered == TRACEPARENT:
-            incoming = value
-        elif lowered == TRACESTATE:
-            state = value
+    incoming, state = _trace_fields(record_headers)
     parsed = parse_traceparent(incoming)
     if parsed is None:
         trace_id = task_id.replace("-", "").lower()
