@@ -3,7 +3,8 @@ Celery is: a ``rediss://`` URL with ``ssl_cert_reqs=CERT_REQUIRED`` and certific
 a ``redis://`` URL with ``redis_backend_use_ssl``. The server asks for a client certificate,
 so every one of ``ssl_ca_certs``, ``ssl_certfile`` and ``ssl_keyfile`` has to arrive.
 
-Needs a ``redis-server`` built with TLS (Debian's is) and ``openssl``; skipped otherwise.
+Needs a ``redis-server`` built with TLS (Debian's is) and ``openssl`` (certificates from
+``bridge.stack.certificates``); skipped otherwise.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from bridge.dispatch_ledger import DispatchLedger
 from bridge.redis_clients import result_backend_client, result_backend_params
 from bridge.results import ResultWatcher, json_decoder
 from bridge.settings import CelerySettings
+from bridge.stack.certificates import ensure_certificates
 from tests.integration.harness import free_port
 
 PREFIX = "celery-task-meta-"
@@ -57,43 +59,22 @@ class TlsRedis:
         )
 
 
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-#: a new 2048-bit RSA key, unencrypted, for a day
-NEW_KEY = ("-newkey", "rsa:2048", "-nodes", "-days", "1")
-
-
-def make_certificates(where: Path) -> None:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by it."""
-    ca = ("-subj", "/CN=ckb-test-ca", "-keyout", "ca.key", "-out", "ca.pem")
-    openssl("req", "-x509", *NEW_KEY, *ca, cwd=where)
-    (where / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    signed_by_ca = ("-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1")
-    for name in ("server", "client"):
-        request = ("-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.csr")
-        openssl("req", *NEW_KEY[:3], *request, cwd=where)
-        signed = ("-in", f"{name}.csr", "-extfile", "san.ext", "-out", f"{name}.pem")
-        openssl("x509", "-req", *signed_by_ca, *signed, cwd=where)
-
-
 @pytest.fixture(scope="module")
 def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
     binary = shutil.which("redis-server")
     if binary is None or shutil.which("openssl") is None:
         pytest.skip("needs redis-server and openssl")
     where = tmp_path_factory.mktemp("tls-redis")
-    make_certificates(where)
+    certs = ensure_certificates(where)
     port = free_port()
     command = [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-               "--tls-cert-file", "server.pem", "--tls-key-file", "server.key",
-               "--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "yes",
+               "--tls-cert-file", str(certs.server.cert), "--tls-key-file", str(certs.server.key),
+               "--tls-ca-cert-file", str(certs.ca), "--tls-auth-clients", "yes",
                "--save", "", "--appendonly", "no", "--dir", str(where)]  # fmt: skip
     log = where / "redis.log"
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=where, stdout=out, stderr=subprocess.STDOUT)
-    server = TlsRedis(port, where / "ca.pem", where / "client.pem", where / "client.key")
+    server = TlsRedis(port, certs.ca, certs.client.cert, certs.client.key)
     try:
         deadline = time.monotonic() + 15
         while True:
@@ -165,9 +146,8 @@ def test_watcher_and_ledger_over_redis_backend_use_ssl(tls_redis: TlsRedis) -> N
 
 def test_a_certificate_the_ca_did_not_sign_is_refused(tls_redis: TlsRedis, tmp_path: Path) -> None:
     """ssl_cert_reqs=CERT_REQUIRED is in force: another CA's certificate does not pass."""
-    other = ("-subj", "/CN=other", "-keyout", "other.key", "-out", "other.pem")
-    openssl("req", "-x509", *NEW_KEY, *other, cwd=tmp_path)
-    url = tls_redis.url().replace(str(tls_redis.ca), str(tmp_path / "other.pem"))
+    other = ensure_certificates(tmp_path)
+    url = tls_redis.url().replace(str(tls_redis.ca), str(other.ca))
     client = result_backend_client(make_celery_app(CelerySettings(result_backend=url)))
     with pytest.raises(redis.ConnectionError):
         client.ping()
