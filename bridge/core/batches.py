@@ -93,14 +93,14 @@ def _by_key(
 
 def select_batches(
     part: PartitionWork[T], room: int, now: float, batch_id: Callable[[list[Job[T]]], str]
-) -> list[Job[T]] | None:
-    """The batch jobs ``part`` may send now; None: not due yet (look again next turn)."""
+) -> list[Job[T]]:
+    """The batch jobs ``part`` may send now; none while a partial batch is not due yet."""
     policy = part.policy
     assert policy is not None and policy.batch is not None
     oldest = part.offsets.open.get(part.waiting[0].offset, now)
     waited = now - oldest >= policy.batch.max_wait
     if not (waited or _full(policy.batch, part.waiting, part.size_of)):
-        return None
+        return []
     batches = take_batches(
         policy.ordering, part.gate, part.waiting, room, policy.batch, part.size_of, waited
     )

@@ -195,7 +195,7 @@ class WorkEngine(CommitPoints[T], Generic[T]):
         picked = select_batches(part, room, now, self._batch_id)
         if part.waiting:  # a partial batch waits for more records or for max_wait: look again
             self._ready.add(part.waiting[0].tp)
-        return picked or []
+        return picked
 
     def hold(self, route: str, until: float) -> None:
         """Send nothing of ``route`` (a policy's ``name``) before ``until``."""

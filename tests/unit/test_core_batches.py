@@ -82,3 +82,19 @@ def test_the_engine_sends_a_batch_as_one_job_with_its_members() -> None:
     (batch,) = engine.select(0.0)
     assert [job.offset for job in batch.parts()] == [0, 1]
     assert batch.task_id == "id-0+2"  # the default id: the first record's, and the size
+
+
+def test_a_partial_batch_waits_for_max_wait_and_then_goes_without_a_new_record() -> None:
+    from bridge.core.engine import WorkEngine
+    from bridge.core.policy import Limits, RoutePolicy
+
+    engine: WorkEngine[None] = WorkEngine(Limits())
+    tp = ("t", 0)
+    epoch = engine.assign(tp, RoutePolicy(batch=BatchPolicy(max_records=5, max_wait=1.0)))
+    for offset in range(2):
+        engine.open(tp, offset, 0.0)
+        engine.enqueue(Job(tp, offset, None, epoch, f"id-{offset}", None))
+    assert engine.select(0.5) == []  # two of five, 0.5 s of 1 s waited: not yet
+    assert engine.select(0.9) == []  # asked again with no new event: still looking
+    (batch,) = engine.select(1.0)  # max_wait reached: the partial batch goes
+    assert [job.offset for job in batch.parts()] == [0, 1]
