@@ -26,7 +26,6 @@ from bridge.core.jobs import Job
 from bridge.core.policy import Limits
 from bridge.core.vocabulary import TaskState
 from bridge.dead_letters import DeadLetterWriter
-from bridge.dispatch_ledger import DispatchLedger
 from bridge.dispatcher import Dispatcher
 from bridge.events import Observers, PartitionState
 from bridge.intake import Intake, Rejected, Work, rejected
@@ -35,7 +34,7 @@ from bridge.outcomes import Outcomes
 from bridge.rate_limit import TokenBuckets
 from bridge.rebalance import RebalanceCallbacks, running_tasks, still_in_flight
 from bridge.records import Record
-from bridge.results import ResultWatcher
+from bridge.result_source import Ledger, ResultSource
 from bridge.routing import Router
 from bridge.sender import Sender
 from bridge.settings import Settings
@@ -66,8 +65,8 @@ class ConsumerLoop:
         settings: Settings,
         consumer: Any,
         dispatcher: Dispatcher,
-        watcher: ResultWatcher,
-        ledger: DispatchLedger,
+        watcher: ResultSource,
+        ledger: Ledger,
         dead_letters: DeadLetterWriter,
         observers: Observers,
         clock: Callable[[], float] = time.monotonic,

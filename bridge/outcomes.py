@@ -16,7 +16,8 @@ from bridge.dead_letters import DeadLetterWriter, Failure
 from bridge.events import Observers
 from bridge.intake import Work
 from bridge.records import Record
-from bridge.results import ResultWatcher, TaskEvent
+from bridge.result_source import ResultSource
+from bridge.results import TaskEvent
 from bridge.settings import Route
 
 
@@ -25,7 +26,7 @@ class Outcomes:
         self,
         engine: WorkEngine[Work],
         dead_letters: DeadLetterWriter,
-        watcher: ResultWatcher,
+        watcher: ResultSource,
         observers: Observers,
         clock: Callable[[], float],
     ) -> None:

@@ -30,7 +30,7 @@ from bridge.core.vocabulary import TP, Rebalance
 from bridge.dead_letters import DeadLetterWriter
 from bridge.events import Observers
 from bridge.intake import Intake, Work
-from bridge.results import ResultWatcher
+from bridge.result_source import ResultSource
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class RebalanceCallbacks:
         intake: Intake,
         commits: Committer,
         dead_letters: DeadLetterWriter,
-        watcher: ResultWatcher,
+        watcher: ResultSource,
         observers: Observers,
         clock: Callable[[], float],
         revoke_grace: float,

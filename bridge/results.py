@@ -95,6 +95,8 @@ class ResultWatcher:
         self._subscribed = threading.Event()
         self._thread: threading.Thread | None = None
         self._outage = OutageLog(log, "result backend (Redis)")
+        #: for :meth:`stored_finals`, asked from the consumer loop's thread
+        self._reader: redis.Redis | None = None
         self._sweep_now = True
         #: listens that ended in an unexpected error (each was logged and restarted)
         self.crashes = 0
@@ -115,6 +117,13 @@ class ResultWatcher:
     def healthy(self) -> bool:
         return self._subscribed.is_set() and not self._outage.down
 
+    def stored_finals(self, task_ids: list[str]) -> dict[str, TaskEvent]:
+        """Final results stored for ``task_ids`` (one MGET per chunk)."""
+        if self._reader is None:
+            self._reader = self._client_factory()
+        events = read_events(self._reader, self._prefix, self._decode, task_ids, self._chunk)
+        return {event.task_id: event for event in events if event.final}
+
     # -- lifecycle ----------------------------------------------------------------
     def start(self, wait: float = 10.0) -> None:
         self._thread = threading.Thread(target=self._run, name="ckb-result-watcher", daemon=True)
@@ -126,6 +135,8 @@ class ResultWatcher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._reader is not None:
+            self._reader.close()
 
     # -- the thread ---------------------------------------------------------------
     def _run(self) -> None:

@@ -19,14 +19,13 @@ from collections.abc import Callable, Iterable
 from bridge.batch_requests import batch_request
 from bridge.core.engine import WorkEngine
 from bridge.core.jobs import Job
-from bridge.dispatch_ledger import DispatchLedger
 from bridge.dispatcher import Dispatcher, EncodedTask, PublishError, TaskRequest
 from bridge.events import Observers
 from bridge.intake import Intake, Work, rejected
 from bridge.outcomes import Outcomes
 from bridge.payloads import DecodeError
 from bridge.rate_limit import TokenBuckets
-from bridge.results import ResultWatcher
+from bridge.result_source import Ledger, ResultSource
 from bridge.settings import Route
 
 log = logging.getLogger(__name__)
@@ -43,8 +42,8 @@ class Sender:
         self,
         engine: WorkEngine[Work],
         dispatcher: Dispatcher,
-        watcher: ResultWatcher,
-        ledger: DispatchLedger,
+        watcher: ResultSource,
+        ledger: Ledger,
         outcomes: Outcomes,
         observers: Observers,
         clock: Callable[[], float],

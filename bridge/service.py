@@ -11,14 +11,12 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol
 
-import redis
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from bridge.celery_app import make_celery_app
 from bridge.core.vocabulary import Outcome
 from bridge.dead_letters import DeadLetterWriter
-from bridge.dispatch_ledger import DispatchLedger
 from bridge.dispatcher import Dispatcher
 from bridge.dlq_topics import DeadLetterTopics
 from bridge.events import Observer, Observers, Totals
@@ -28,8 +26,7 @@ from bridge.lag import LagMonitor
 from bridge.loop import CommitReports, ConsumerLoop
 from bridge.metrics import PrometheusObserver
 from bridge.rate_limit import TokenBuckets
-from bridge.redis_clients import result_backend_params
-from bridge.results import ResultWatcher, json_decoder
+from bridge.result_source import ResultSource, open_results
 from bridge.routing import Router
 from bridge.settings import Settings
 from bridge.worker_probe import WorkerCheck
@@ -50,7 +47,7 @@ class Bridge:
 
     settings: Settings
     loop: ConsumerLoop
-    watcher: ResultWatcher
+    watcher: ResultSource
     dispatcher: Dispatcher
     producer: Any
     totals: Totals
@@ -81,21 +78,10 @@ class Bridge:
 
 def build_bridge(settings: Settings, observers: list[Observer] | None = None) -> Bridge:
     app = make_celery_app(settings.celery)
-    # the watcher's and the ledger's clients: the result backend's TLS settings as Celery
-    # reads them (rediss:// URL parameters, redis_backend_use_ssl); raises ConfigError
-    backend_params = result_backend_params(app)
-
-    def redis_client() -> redis.Redis:
-        return redis.Redis(connection_pool=redis.ConnectionPool(**backend_params))
-
-    # plain json.loads reads every field the bridge uses, at a fraction of Celery's decode cost
-    decoder = json_decoder if app.conf.result_serializer == "json" else app.backend.decode
-    watcher = ResultWatcher(
-        redis_client,
-        key_prefix=settings.results.key_prefix,
-        reconcile_interval=settings.results.reconcile_interval,
-        decoder=decoder,
-    )
+    # the result source, the ledger and the rate limiter's Redis, chosen from
+    # celery.result_backend (raises ConfigError naming it)
+    results = open_results(settings, app)
+    watcher = results.source
     # librdkafka's own lines (connection failures, coordinator changes) go through the bridge's
     # logging, JSON included, instead of raw "%3|…" lines on stderr; they are served inside
     # each client's poll(): the loop's consume(), the dead-letter writer's poll() (producer and
@@ -130,7 +116,6 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
         spans.append(tracing.observer)
         closers.append(tracing.shutdown)  # when the loop has stopped: spans flushed last
     fan_out = Observers([totals, lag, *([metrics] if metrics else []), *spans, *(observers or [])])
-    results_client = redis_client()
     commit_reports = CommitReports()  # filled inside consume(), drained by the loop
     loop = ConsumerLoop(
         settings,
@@ -139,22 +124,17 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
         ),
         dispatcher,
         watcher,
-        DispatchLedger(
-            results_client,
-            settings.results.key_prefix,
-            decoder,
-            markers=settings.results.dispatch_markers,
-        ),
+        results.ledger,
         dead_letters,
         fan_out,
         commit_reports=commit_reports,
         # the routes' rate limits hold for the whole group: one bucket per route in Redis
-        buckets=TokenBuckets(results_client, settings.kafka.group_id)
-        if any(route.rate_limit for route in settings.routes)
+        buckets=TokenBuckets(results.redis, settings.kafka.group_id)
+        if results.redis is not None and any(route.rate_limit for route in settings.routes)
         else None,
     )
     bridge = Bridge(
-        settings, loop, watcher, dispatcher, producer, totals, [results_client.close, *closers]
+        settings, loop, watcher, dispatcher, producer, totals, [*results.closers, *closers]
     )
     bridge.services.extend(ops_services(settings, lag, metrics, loop, watcher, dead_letters))
     # once, in the background: can the bridge see the outcomes of what it sends?
@@ -167,7 +147,7 @@ def ops_services(
     lag: LagMonitor,
     metrics: PrometheusObserver | None,
     loop: ConsumerLoop,
-    watcher: ResultWatcher,
+    watcher: ResultSource,
     dead_letters: DeadLetterWriter | None = None,
 ) -> list[Service]:
     """The lag monitor and the /healthz, /readyz, /status endpoint, whether or not metrics

@@ -1,0 +1,47 @@
+"""What kind of server a Celery broker or result backend URL names (no I/O, no imports of
+drivers): the settings check combinations with it, the result source factory picks by it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+#: URL schemes of a Redis server (result backend or broker)
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: Celery's SQLAlchemy result backend: ``db+<dialect>[+driver]://``; the bridge reads it with
+#: the same SQLAlchemy dialects (the driver is an extra: ``ckb[postgres]``)
+DATABASE_DIALECTS = ("postgresql", "mysql", "sqlite")
+
+BackendKind = Literal["redis", "database"]
+
+
+def scheme(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+def backend_kind(url: str) -> BackendKind | None:
+    """The kind of result backend ``url`` names, or None when the bridge cannot watch it."""
+    name = scheme(url)
+    if name in REDIS_SCHEMES:
+        return "redis"
+    if name.startswith("db+") and name[3:].split("+", 1)[0] in DATABASE_DIALECTS:
+        return "database"
+    return None
+
+
+def is_redis(url: str) -> bool:
+    return scheme(url) in REDIS_SCHEMES
+
+
+def rate_limit_without_redis(
+    broker_url: str, result_backend: str, rate_limited: Sequence[int]
+) -> str | None:
+    """Why the rate-limited routes (their indexes) cannot work: the shared token buckets live
+    in a Redis (the result backend's, else the broker's); None when there is one."""
+    if not rate_limited or is_redis(result_backend) or is_redis(broker_url):
+        return None
+    return (
+        f"routes.{rate_limited[0]}.rate_limit needs a Redis for the group's token buckets, and "
+        "neither celery.broker_url nor celery.result_backend is Redis: remove rate_limit, or "
+        "use a Redis broker or result backend"
+    )
