@@ -16,14 +16,19 @@ loop's thread, where no call may block for long.
 
 The bridge talks to the broker only through its Celery app (kombu), which honours
 ``broker_use_ssl`` and a ``rediss://`` broker URL itself.
+
+A ``sentinel://`` result backend (:mod:`bridge.sentinel`) gives clients of the current master
+instead: :func:`result_backend_clients` hides which kind the bridge got.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import redis
 
+from bridge.sentinel import master_clients, uses_sentinel
 from bridge.settings import ConfigError
 
 #: seconds; see the module docstring
@@ -31,6 +36,23 @@ SOCKET_TIMEOUT = 10.0
 SOCKET_CONNECT_TIMEOUT = 5.0
 #: Celery's identification of its own connections (``CLIENT SETINFO``): not the bridge's
 _CELERY_ONLY = ("driver_info", "lib_name", "lib_version")
+
+
+def _timeouts() -> dict[str, float]:
+    return {"socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": SOCKET_CONNECT_TIMEOUT}
+
+
+def _celery_params(app: Any) -> dict[str, Any]:
+    """The connection parameters Celery's backend object made of ``result_backend``."""
+    try:
+        backend = app.backend
+    except ValueError as exc:  # Celery's checks of the TLS parameters
+        message = " ".join(str(exc).split())
+        raise ConfigError(f"celery.result_backend: {message}") from None
+    params = dict(backend.connparams)
+    for name in _CELERY_ONLY:
+        params.pop(name, None)
+    return params
 
 
 def result_backend_params(app: Any) -> dict[str, Any]:
@@ -43,18 +65,22 @@ def result_backend_params(app: Any) -> dict[str, Any]:
     if url.startswith("unix://"):  # no Celery backend reads this: redis-py's own rules
         params: dict[str, Any] = redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
     else:
-        try:
-            backend = app.backend
-        except ValueError as exc:  # Celery's checks of the TLS parameters
-            message = " ".join(str(exc).split())
-            raise ConfigError(f"celery.result_backend: {message}") from None
-        params = dict(backend.connparams)
-    for name in _CELERY_ONLY:
-        params.pop(name, None)
-    params.update(socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_CONNECT_TIMEOUT)
+        params = _celery_params(app)
+    params.update(_timeouts())
     return params
+
+
+def result_backend_clients(app: Any) -> Callable[[], redis.Redis]:
+    """A factory of clients of the result backend of Celery ``app``: each call a new client
+    (its own pool); on ``sentinel://``, a client of the master the sentinels name now.
+    Raises :class:`ConfigError` for settings Celery refuses."""
+    if uses_sentinel(str(app.conf.result_backend)):
+        options = app.conf.result_backend_transport_options or {}
+        return master_clients(_celery_params(app), options, _timeouts())
+    params = result_backend_params(app)
+    return lambda: redis.Redis(connection_pool=redis.ConnectionPool(**params))
 
 
 def result_backend_client(app: Any) -> redis.Redis:
     """A client of the result backend of Celery ``app``, with the TLS settings Celery uses."""
-    return redis.Redis(connection_pool=redis.ConnectionPool(**result_backend_params(app)))
+    return result_backend_clients(app)()

@@ -21,6 +21,7 @@ from pydantic_settings import (
 from bridge.dead_letter_routes import dead_letter_loop
 from bridge.route_settings import BatchSettings, Route, Strict
 from bridge.secrets import mask_text, password_needs_encoding
+from bridge.sentinel import sentinel_problems
 from bridge.tracing import otel_missing
 
 __all__ = ["BatchSettings", "Route", "Settings", "Strict"]
@@ -85,10 +86,18 @@ class CelerySettings(Strict):
             )
         return value
 
+    @model_validator(mode="after")
+    def _sentinel_master(self) -> CelerySettings:
+        urls = {"broker_url": self.broker_url, "result_backend": self.result_backend}
+        problems = sentinel_problems(urls, self.options)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     @field_validator("result_backend")
     @classmethod
     def _redis_backend(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
+        if not value.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
             raise ValueError("the bridge watches results in Redis: use a redis:// or rediss:// URL")
         return value
 

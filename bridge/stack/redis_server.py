@@ -1,4 +1,9 @@
-"""A throw-away Redis (the Debian ``redis-server`` binary) on 127.0.0.1, no persistence."""
+"""A throw-away Redis (the Debian ``redis-server`` binary) on 127.0.0.1, no persistence.
+
+One :class:`RedisNode` is one ``redis-server`` process of a state directory: the stack's Redis
+(``name="redis"``), or a member of a Sentinel set (:mod:`bridge.stack.sentinel`: a master, a
+replica started with ``--replicaof``, a sentinel started from its config file).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 
@@ -77,10 +83,29 @@ def find_redis_server(progress: Progress | None = None) -> str:
 
 @dataclass(frozen=True)
 class RedisNode:
-    """The Redis server of one state directory."""
+    """A Redis server of one state directory."""
 
     paths: StatePaths
     port: int
+    #: its data dir, pid file and log are named after it: ``<state>/<name>``,
+    #: ``<state>/<name>.pid``, ``<state>/logs/<name>.log``
+    name: str = "redis"
+    #: arguments after the binary, before the bridge's own (a config file, ``--sentinel``,
+    #: ``--replicaof host port``)
+    args: tuple[str, ...] = ()
+    label: str = "Redis"
+
+    @property
+    def home(self) -> Path:
+        return self.paths.root / self.name
+
+    @property
+    def pid_file(self) -> Path:
+        return self.paths.root / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.paths.logs / f"{self.name}.log"
 
     @property
     def url(self) -> str:
@@ -92,7 +117,7 @@ class RedisNode:
         return ("redis-server", f":{self.port}")
 
     def pid(self) -> int | None:
-        pid = read_pid(self.paths.redis_pid)
+        pid = read_pid(self.pid_file)
         return pid if is_running(pid, self.tokens) else None
 
     def running(self) -> bool:
@@ -112,12 +137,13 @@ class RedisNode:
     def command(self, binary: str) -> list[str]:
         return [
             binary,
+            *self.args,
             "--port",
             str(self.port),
             "--bind",
             LOCALHOST,
             "--dir",
-            str(self.paths.redis_dir),
+            str(self.home),
             "--daemonize",
             "no",
             "--save",
@@ -134,12 +160,12 @@ class RedisNode:
         """Start redis-server detached and wait for PING; its pid."""
         report = progress or log.info
         binary = find_redis_server(report)
-        self.paths.redis_dir.mkdir(parents=True, exist_ok=True)
-        report(f"starting Redis on {self.url}")
-        pid = spawn_detached(self.command(binary), self.paths.redis_log, cwd=self.paths.redis_dir)
-        write_pid(self.paths.redis_pid, pid)
+        self.home.mkdir(parents=True, exist_ok=True)
+        report(f"starting {self.label} on {self.url}")
+        pid = spawn_detached(self.command(binary), self.log_file, cwd=self.home)
+        write_pid(self.pid_file, pid)
         self.wait_ready(pid)
-        report(f"Redis ready on {self.url}")
+        report(f"{self.label} ready on {self.url}")
         return pid
 
     def wait_ready(self, pid: int, timeout: float = READY_TIMEOUT) -> None:
@@ -148,19 +174,19 @@ class RedisNode:
             # the pid was just spawned, so it is ours: only whether it still lives matters
             # (Redis rewrites its command line as it starts; a read then can miss the name)
             if not alive(pid):
-                remove_pid(self.paths.redis_pid)
-                raise self._error("Redis exited during startup")
+                remove_pid(self.pid_file)
+                raise self._error(f"{self.label} exited during startup")
             if self.answers(timeout=0.5):
                 return
             time.sleep(0.1)
         self.stop()
-        raise self._error(f"Redis did not answer PING on {self.url} within {timeout:.0f}s")
+        raise self._error(f"{self.label} did not answer PING on {self.url} within {timeout:.0f}s")
 
     def stop(self, kill: bool = False) -> None:
-        terminate(read_pid(self.paths.redis_pid), ("redis-server",), STOP_TIMEOUT, kill=kill)
-        remove_pid(self.paths.redis_pid)
+        terminate(read_pid(self.pid_file), ("redis-server",), STOP_TIMEOUT, kill=kill)
+        remove_pid(self.pid_file)
         wait_port_free(self.port, timeout=10.0)
 
     def _error(self, what: str) -> StackError:
-        tails = format_tails([self.paths.redis_log])
-        return StackError(f"{what}. Check {self.paths.redis_log}.\n{tails}")
+        tails = format_tails([self.log_file])
+        return StackError(f"{what}. Check {self.log_file}.\n{tails}")

@@ -1,0 +1,148 @@
+"""A local Redis Sentinel set: a master, one replica and three sentinels on 127.0.0.1.
+
+Every member is a :class:`~bridge.stack.redis_server.RedisNode` (the Debian ``redis-server``
+binary; ``--sentinel`` runs it as a sentinel, no other package). The master is whatever node
+the caller hands in (the stack's own Redis, or a test's); the replica follows it with
+``--replicaof``; each sentinel runs from a config file of its own under the state dir (it
+rewrites the file as it learns the set), written afresh when it starts. Quorum 2 of 3, a master
+is down after :data:`DOWN_AFTER_MS` of silence.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from bridge.stack.paths import StatePaths
+from bridge.stack.processes import LOCALHOST, StackError
+from bridge.stack.redis_server import RedisNode
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+MASTER_NAME = "ckb-master"
+DEFAULT_SENTINEL_PORT = 26379
+QUORUM = 2
+#: a master that does not answer this long is down (subjectively; objectively at quorum)
+DOWN_AFTER_MS = 2000
+FAILOVER_TIMEOUT_MS = 10000
+READY_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class SentinelSet:
+    paths: StatePaths
+    master: RedisNode
+    replica_port: int
+    sentinel_ports: tuple[int, ...]
+    master_name: str = MASTER_NAME
+
+    @property
+    def replica(self) -> RedisNode:
+        follow = ("--replicaof", LOCALHOST, str(self.master.port))
+        return RedisNode(self.paths, self.replica_port, "redis-replica", follow, "Redis replica")
+
+    @property
+    def sentinels(self) -> list[RedisNode]:
+        return [
+            RedisNode(
+                self.paths,
+                port,
+                f"sentinel-{port}",
+                (str(self.paths.root / f"sentinel-{port}" / "sentinel.conf"), "--sentinel"),
+                "Redis Sentinel",
+            )
+            for port in self.sentinel_ports
+        ]
+
+    def url(self, db: int) -> str:
+        """The ``sentinel://`` URL of database ``db``, as kombu and Celery take it."""
+        return ";".join(f"sentinel://{LOCALHOST}:{port}/{db}" for port in self.sentinel_ports)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self, progress: Progress | None = None) -> None:
+        """Start the members that do not run yet and wait until the sentinels agree on the
+        master and see its replica and each other."""
+        report = progress or log.info
+        for node in (self.master, self.replica):
+            if not node.running():
+                node.start(report)
+        for sentinel in self.sentinels:
+            if not sentinel.running():
+                sentinel.home.mkdir(parents=True, exist_ok=True)
+                (sentinel.home / "sentinel.conf").write_text(self._config())
+                sentinel.start(report)
+        self.wait_ready()
+
+    def stop(self, kill: bool = False) -> None:
+        for node in [*self.sentinels, self.replica, self.master]:
+            node.stop(kill=kill)
+
+    def running(self) -> bool:
+        return all(node.running() for node in [self.master, self.replica, *self.sentinels])
+
+    def _config(self) -> str:
+        name = self.master_name
+        return (
+            f"sentinel monitor {name} {LOCALHOST} {self.master.port} {QUORUM}\n"
+            f"sentinel down-after-milliseconds {name} {DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout {name} {FAILOVER_TIMEOUT_MS}\n"
+            f"sentinel parallel-syncs {name} 1\n"
+        )
+
+    # -- what the sentinels say ---------------------------------------------------------------
+
+    def ask(self, port: int, *command: Any) -> Any:
+        client = redis.Redis(host=LOCALHOST, port=port, socket_timeout=2, socket_connect_timeout=2)
+        with client:
+            return client.execute_command(*command)  # type: ignore[no-untyped-call]
+
+    def master_address(self) -> tuple[str, int] | None:
+        """The master as the first sentinel that answers names it."""
+        for port in self.sentinel_ports:
+            try:
+                host, found = self.ask(
+                    port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name
+                )
+                return host.decode(), int(found)
+            except (redis.RedisError, TypeError, ValueError):
+                continue
+        return None
+
+    def _settled(self) -> bool:
+        """Every sentinel sees the master up, the other sentinels, and one replica in sync."""
+        for port in self.sentinel_ports:
+            client: Any = redis.Redis(
+                host=LOCALHOST, port=port, socket_timeout=2, socket_connect_timeout=2
+            )
+            try:
+                with client:  # redis-py parses these replies into dicts
+                    state = client.sentinel_master(self.master_name)
+                    replicas = client.sentinel_slaves(self.master_name)
+            except redis.RedisError:
+                return False
+            if state.get("is_sdown") or state.get("is_odown") or state.get("num-slaves") != 1:
+                return False
+            if state.get("num-other-sentinels") != len(self.sentinel_ports) - 1:
+                return False
+            if not replicas or replicas[0].get("master-link-status") != "ok":
+                return False
+        return True
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._settled():
+            if time.monotonic() > deadline:
+                logs = ", ".join(str(node.log_file) for node in self.sentinels)
+                raise StackError(
+                    f"the Redis sentinels did not agree on master {self.master_name} within "
+                    f"{timeout:.0f}s. Check {logs}."
+                )
+            time.sleep(0.2)
