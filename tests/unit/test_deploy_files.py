@@ -1067,7 +1067,7 @@ def keda_problems(scaled: dict[str, Any]) -> list[str]:
 
 def test_keda_scaled_objects_are_well_formed() -> None:
     scaled = keda("ScaledObject")
-    assert set(scaled) == {"ckb-bridge", "ckb-worker"}
+    assert set(scaled) == {"ckb-bridge", "ckb-worker", "ckb-worker-rabbitmq"}
     for obj in scaled.values():
         assert keda_problems(obj) == []
 
@@ -1116,3 +1116,27 @@ def test_worker_scaler_watches_the_workers_queues() -> None:
     for trigger in spec["triggers"]:
         assert trigger["metadata"]["address"] == host
         assert trigger["metadata"]["databaseIndex"] == database
+
+
+def test_the_rabbitmq_worker_scaler_watches_the_same_queues_and_is_applied_instead() -> None:
+    """``kubectl apply -f deploy/keda/`` applies one worker scaler (Redis lists); the RabbitMQ
+    one lives in a directory of its own: KEDA refuses two ScaledObjects on one Deployment."""
+    scaled = keda("ScaledObject")
+    redis_spec, rabbit_spec = scaled["ckb-worker"]["spec"], scaled["ckb-worker-rabbitmq"]["spec"]
+    assert rabbit_spec["scaleTargetRef"] == redis_spec["scaleTargetRef"]
+    assert {t["type"] for t in rabbit_spec["triggers"]} == {"rabbitmq"}
+    queues = {t["metadata"]["queueName"] for t in rabbit_spec["triggers"]}
+    assert queues == queue_option(container("ckb-worker")["args"])
+    for trigger in rabbit_spec["triggers"]:
+        assert trigger["metadata"]["mode"] == "QueueLength"
+        assert trigger["metadata"]["protocol"] == "amqp"
+        assert "host" not in trigger["metadata"]  # the URL holds a password: from the Secret
+    host = secret_example()["rabbitmq-host"]
+    assert host.startswith("amqp://") and "CHANGE-ME" in host
+    paths = {
+        path.relative_to(DEPLOY / "keda").parent
+        for path, docs in manifests().items()
+        for doc in docs
+        if doc.get("kind") == "ScaledObject" and doc["metadata"]["name"].startswith("ckb-worker")
+    }
+    assert paths == {Path("."), Path("rabbitmq")}
