@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
@@ -30,6 +31,8 @@ from bridge.logging_setup import configure_logging
 from bridge.service import Bridge, build_bridge
 from bridge.settings import Settings
 from bridge.stack import LocalStack, StackError, StackInfo
+from bridge.stack.credentials import write_private
+from bridge.stack.kafka_acls import ADMIN_USER, DLQ_PREFIX, SOURCE_PREFIX
 
 DEMO_QUEUE = "ckb-demo"
 MALFORMED_EVERY = 100
@@ -46,6 +49,9 @@ class DemoRun:
     records: int
     malformed: int
     config_path: Path
+    dlq_topic: str
+    #: how the demo itself creates the topic and produces (the admin on a secured stack)
+    producer: dict[str, Any]
 
 
 def sample_order(n: int, rng: random.Random) -> bytes:
@@ -63,29 +69,37 @@ def sample_order(n: int, rng: random.Random) -> bytes:
 
 
 def demo_settings(info: StackInfo, topic: str, group: str) -> Settings:
-    return Settings.model_validate(
-        {
-            "kafka": {"bootstrap_servers": info.kafka_bootstrap, "group_id": group},
-            "celery": {
-                "broker_url": info.broker_url,
-                "result_backend": f"{info.redis_url}/1",
-            },
-            "routes": [
-                {"topic": topic, "task": "tasks.examples.process_order", "queue": DEMO_QUEUE}
-            ],
-            "results": {"reconcile_interval": 2.0},
-            "metrics": {"enabled": False},
-        }
-    )
+    route = {"topic": topic, "task": "tasks.examples.process_order", "queue": DEMO_QUEUE}
+    config: dict[str, Any] = {
+        "kafka": {"bootstrap_servers": info.kafka_bootstrap, "group_id": group},
+        "celery": {
+            "broker_url": info.broker_url,
+            "result_backend": f"{info.redis_url}/1",
+        },
+        "routes": [route],
+        "results": {"reconcile_interval": 2.0},
+        "metrics": {"enabled": False},
+    }
+    if info.secure is not None:  # the least-privilege users; dead letters where it may write
+        secured = info.secure.bridge_settings()
+        config["kafka"].update(secured["kafka"])
+        config["celery"] = secured["celery"]
+        route["dlq_topic"] = f"{DLQ_PREFIX}{topic}"
+    return Settings.model_validate(config)
+
+
+def producer_settings(info: StackInfo) -> dict[str, Any]:
+    if info.secure is not None:
+        return info.secure.kafka(ADMIN_USER)
+    return {"bootstrap.servers": info.kafka_bootstrap}
 
 
 def write_config(settings: Settings, state_dir: Path) -> Path:
     import yaml
 
     path = state_dir / "demo-bridge.yaml"
-    path.write_text(
-        yaml.safe_dump(settings.model_dump(mode="json", by_alias=True), sort_keys=False)
-    )
+    dump = yaml.safe_dump(settings.model_dump(mode="json", by_alias=True), sort_keys=False)
+    write_private(path, dump)  # passwords, on a secured stack
     return path
 
 
@@ -102,18 +116,22 @@ def start_worker(info: StackInfo, log_path: Path) -> subprocess.Popen[bytes]:
         "CKB_CELERY__BROKER_URL": info.broker_url,
         "CKB_CELERY__RESULT_BACKEND": f"{info.redis_url}/1",
     }
+    if info.secure is not None:
+        env.update(info.secure.worker_env())
     command = worker_command(flower=info.flower_url is not None)
     with log_path.open("ab") as log:
         return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+def create_topic(clients: dict[str, Any], topic: str, partitions: int) -> None:
+    admin = AdminClient(clients)
     admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(30)
 
 
-def produce(bootstrap: str, topic: str, count: int, progress: Progress, task: object) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 10})
+def produce(
+    clients: dict[str, Any], topic: str, count: int, progress: Progress, task: object
+) -> None:
+    producer = Producer({**clients, "linger.ms": 10})
     rng = random.Random(42)
     for n in range(count):
         while True:
@@ -143,7 +161,7 @@ def watch(bridge: Bridge, thread: threading.Thread, run: DemoRun, console: Conso
         feeder = threading.Thread(
             target=produce,
             args=(
-                bridge.settings.kafka.bootstrap_servers,
+                run.producer,
                 run.topic,
                 run.records,
                 progress,
@@ -186,7 +204,7 @@ def summary(
         f"Where to look next{keep}:\n"
         f"  ckb status -c {run.config_path}\n      committed offset, end offset and lag\n"
         f"  ckb check-config -c {run.config_path}\n      the effective config\n"
-        f"  dead letters: topic [bold]{run.topic}.dlq[/] (headers ckb.reason, ckb.error.*)\n"
+        f"  dead letters: topic [bold]{run.dlq_topic}[/] (headers ckb.reason, ckb.error.*)\n"
         "  README.md: configuration, commit semantics, failure model, operations"
     )
 
@@ -200,10 +218,11 @@ def run_demo(
     keep_stack: bool,
     flower_port: int | None = None,
     rabbitmq_port: int | None = None,
+    secure: bool = False,
 ) -> None:
     console = Console()
     configure_logging("WARNING")
-    stack = LocalStack(state_dir, kafka_port, redis_port, flower_port, rabbitmq_port)
+    stack = LocalStack(state_dir, kafka_port, redis_port, flower_port, rabbitmq_port, secure)
     was_running = stack.status()["kafka"]["running"]
     try:
         info = stack.up(progress=lambda line: console.print(f"[dim]{line}[/]"))
@@ -217,14 +236,17 @@ def run_demo(
         )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     topic, group = f"demo-orders-{stamp}", f"ckb-demo-{stamp}"
+    if info.secure is not None:
+        topic = f"{SOURCE_PREFIX}orders-{stamp}"  # where the bridge user may read (kafka_acls)
     settings = demo_settings(info, topic, group)
     run = DemoRun(topic, group, records, records // MALFORMED_EVERY,
-                  write_config(settings, info.state_dir))  # fmt: skip
+                  write_config(settings, info.state_dir),
+                  settings.routes[0].dlq_for(topic), producer_settings(info))  # fmt: skip
     worker = start_worker(info, info.state_dir / "demo-worker.log")
     bridge: Bridge | None = None
     thread: threading.Thread | None = None
     try:
-        create_topic(info.kafka_bootstrap, topic, partitions)
+        create_topic(run.producer, topic, partitions)
         bridge = build_bridge(settings)
         thread = threading.Thread(target=bridge.run, name="ckb-bridge", daemon=True)
         thread.start()

@@ -35,6 +35,11 @@ broker_option = click.option(
     show_default=True,
     help="The Celery broker: Redis (database 0) or a local RabbitMQ; results stay in Redis.",
 )
+secure_option = click.option(
+    "--secure",
+    is_flag=True,
+    help="Kafka on SASL_SSL with ACLs, Redis on TLS with ACL users; a mode of the state dir.",
+)
 rabbitmq_port_option = click.option(
     "--rabbitmq-port",
     type=int,
@@ -58,6 +63,7 @@ def _rabbitmq_port(broker: str, port: int | None) -> int | None:
 @flower_option
 @flower_port_option
 @state_dir_option
+@secure_option
 def stack_up(
     kafka_port: int,
     redis_port: int,
@@ -66,6 +72,7 @@ def stack_up(
     flower: bool,
     flower_port: int | None,
     state_dir: Path | None,
+    secure: bool,
 ) -> None:
     """Start Kafka and Redis (and RabbitMQ, Flower) in the background (idempotent)."""
     from bridge.stack import LocalStack, StackError, flower_port_for
@@ -76,6 +83,7 @@ def stack_up(
         redis_port=redis_port,
         flower_port=flower_port_for(flower, flower_port),
         rabbitmq_port=_rabbitmq_port(broker, rabbitmq_port),
+        secure=secure,
     )
     try:
         info = local.up(progress=lambda line: click.echo(line, err=True))
@@ -86,6 +94,8 @@ def stack_up(
         click.echo(f"rabbitmq: {info.rabbitmq_url}")
     if info.flower_url is not None:
         click.echo(f"flower: {info.flower_url}")
+    if info.secure is not None:
+        click.echo(f"\nclient settings (secured stack):\n{info.secure.summary()}", nl=False)
 
 
 @stack.command("down")
@@ -134,6 +144,7 @@ def stack_status(state_dir: Path | None, as_json: bool) -> None:
 @rabbitmq_port_option
 @flower_option
 @flower_port_option
+@secure_option
 def demo(
     records: int,
     partitions: int,
@@ -145,6 +156,7 @@ def demo(
     rabbitmq_port: int | None,
     flower: bool,
     flower_port: int | None,
+    secure: bool,
 ) -> None:
     """Local Kafka + Redis + worker + bridge + sample traffic, with live progress."""
     from bridge.demo import DemoError, run_demo
@@ -160,6 +172,7 @@ def demo(
             keep_stack=keep_stack,
             flower_port=flower_port_for(flower, flower_port),
             rabbitmq_port=_rabbitmq_port(broker, rabbitmq_port),
+            secure=secure,
         )
     except DemoError as exc:
         fail(str(exc))

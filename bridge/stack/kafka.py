@@ -16,6 +16,8 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from bridge.stack.credentials import write_private
+from bridge.stack.kafka_acls import ADMIN_USER, BRIDGE_USER, acl_bindings, apply_acls, bridge_grants
 from bridge.stack.paths import (
     DEFAULT_KAFKA_VERSION,
     StatePaths,
@@ -40,6 +42,7 @@ from bridge.stack.processes import (
     wait_port_free,
     write_pid,
 )
+from bridge.stack.secure import SecureSetup
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +173,8 @@ class KafkaNode:
     kafka_port: int
     controller_port: int
     version: str = DEFAULT_KAFKA_VERSION
+    #: SASL_SSL, ACLs and the users of ``ckb stack up --secure``; None: plaintext
+    secure: SecureSetup | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -190,7 +195,9 @@ class KafkaNode:
         """Whether the broker answers a metadata request (and lists itself)."""
         if not port_accepts(self.kafka_port):
             return False
-        client = AdminClient({"bootstrap.servers": self.bootstrap}, logger=log)
+        client = AdminClient(
+            {**self.admin_settings(), "bootstrap.servers": self.bootstrap}, logger=log
+        )
         try:
             metadata = client.list_topics(timeout=timeout)
         except KafkaException:
@@ -216,8 +223,16 @@ class KafkaNode:
         )
         write_pid(self.paths.kafka_pid, pid)
         self.wait_ready(pid)
+        if self.secure is not None:
+            report(f"granting the Kafka ACLs of {BRIDGE_USER}")
+            config = {**self.admin_settings(), "bootstrap.servers": self.bootstrap}
+            apply_acls(config, acl_bindings(BRIDGE_USER, bridge_grants()))
         report(f"Kafka ready on {self.bootstrap}")
         return pid
+
+    def admin_settings(self) -> dict[str, str]:
+        """How the stack's own admin client connects (the super user on a secured stack)."""
+        return {} if self.secure is None else self.secure.kafka_client(ADMIN_USER)
 
     def wait_ready(self, pid: int, timeout: float = READY_TIMEOUT) -> None:
         """Wait for a metadata answer; stop the broker and raise StackError when none comes."""
@@ -254,14 +269,24 @@ class KafkaNode:
         )
         self.paths.kafka_data.mkdir(parents=True, exist_ok=True)
         self.paths.logs.mkdir(parents=True, exist_ok=True)
-        self.paths.kafka_properties.write_text(text)
+        if self.secure is None:
+            self.paths.kafka_properties.write_text(text)
+        else:  # the inter-broker password is in it
+            text += self.secure.kafka_properties(self.kafka_port, self.controller_port)
+            write_private(self.paths.kafka_properties, text)
 
     def _format(self, java: str, libs: Path, config_dir: Path) -> None:
         argv = self._command(java, libs, config_dir, STORAGE_TOOL, TOOL_JVM_OPTS)
         props = str(self.paths.kafka_properties)
         argv += ["format", "--standalone", "-t", new_cluster_id(), "-c", props]
         fix = f"Delete {self.paths.kafka_data} and retry."
-        run_tool(argv, "formatting Kafka storage", fix, timeout=180)
+        if self.secure is None:
+            run_tool(argv, "formatting Kafka storage", fix, timeout=180)
+            return
+        try:  # the users' passwords are arguments: never in the error
+            run_tool([*argv, *self.secure.scram_arguments()], "formatting Kafka storage", fix, 180)
+        except StackError as exc:
+            raise StackError(self.secure.redact(str(exc))) from None
 
     def _command(
         self, java: str, libs: Path, config_dir: Path, main: str, jvm_opts: tuple[str, ...]

@@ -28,6 +28,8 @@ from bridge.stack.processes import (
 )
 from bridge.stack.rabbitmq import RabbitNode
 from bridge.stack.redis_server import RedisNode
+from bridge.stack.secure import SecureClients, SecureSetup
+from bridge.stack.secure_redis import SecureRedisNode
 
 __all__ = ["LocalStack", "StackInfo", "StackPorts", "controller_port_from_properties"]
 
@@ -50,6 +52,7 @@ class LocalStack:
         redis_port: int = 6379,
         flower_port: int | None = None,
         rabbitmq_port: int | None = None,
+        secure: bool = False,
     ) -> None:
         root = default_state_dir() if state_dir is None else Path(state_dir)
         self.state_dir = root.expanduser().resolve()
@@ -58,6 +61,10 @@ class LocalStack:
         self.redis_port = redis_port
         self.flower_port = flower_port
         self.rabbitmq_port = rabbitmq_port
+        # a state dir once secured stays secured (its Kafka storage holds the SCRAM users)
+        setup = SecureSetup(self.state_dir)
+        self.asked_secure = secure
+        self.secure = setup if secure or setup.secrets_dir.is_dir() else None
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -66,6 +73,7 @@ class LocalStack:
         report = progress or log.info
         with file_lock(self.paths.lock_file):
             ports = self._plan(StackPorts.from_file(self.paths.stack_file))
+            self._check_mode(ports)
             ports.save(self.paths.stack_file)
             self._ensure_redis(self._redis(ports), report)
             rabbit = self._rabbit(ports)
@@ -75,7 +83,10 @@ class LocalStack:
             flower = self._flower(ports)
             if flower is not None:
                 self._ensure_flower(flower, report)
-            return self._info(ports)
+            info = self._info(ports)
+            if info.secure is not None:
+                info.secure.write_files()
+            return info
 
     def down(self) -> None:
         """Stop Flower, Kafka, RabbitMQ, then Redis (SIGTERM, SIGKILL after a timeout);
@@ -158,10 +169,17 @@ class LocalStack:
     # -- internals ----------------------------------------------------------------------------
 
     def _kafka(self, ports: StackPorts) -> KafkaNode:
-        return KafkaNode(self.paths, ports.kafka, ports.controller)
+        return KafkaNode(self.paths, ports.kafka, ports.controller, secure=self.secure)
 
     def _redis(self, ports: StackPorts) -> RedisNode:
+        if self.secure is not None:
+            return SecureRedisNode(self.paths, ports.redis, secure=self.secure)
         return RedisNode(self.paths, ports.redis)
+
+    def _check_mode(self, ports: StackPorts) -> None:
+        if self.secure is not None:
+            extras = ports.flower is not None or ports.rabbitmq is not None
+            self.secure.check(self.asked_secure, is_formatted(self.paths.kafka_data), extras)
 
     def _flower(self, ports: StackPorts) -> FlowerNode | None:
         if ports.flower is None:
@@ -195,9 +213,12 @@ class LocalStack:
 
     def _info(self, ports: StackPorts) -> StackInfo:
         flower, rabbit = self._flower(ports), self._rabbit(ports)
+        bootstrap = f"{LOCALHOST}:{ports.kafka}"
+        secure = None if self.secure is None else SecureClients(self.secure, bootstrap, ports.redis)
         return StackInfo(
-            kafka_bootstrap=f"{LOCALHOST}:{ports.kafka}",
-            redis_url=f"redis://{LOCALHOST}:{ports.redis}",
+            kafka_bootstrap=bootstrap,
+            redis_url=self._redis(ports).url,
+            secure=secure,
             state_dir=self.state_dir,
             flower_url=None if flower is None else flower.url,
             rabbitmq_url=None if rabbit is None else rabbit.url,

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bridge.stack.processes import free_port, port_in_use
+from bridge.stack.secure import SecureClients
 
 CONTROLLER_PORT_OFFSET = 1000
 _CONTROLLER_LINE = re.compile(r"^controller\.quorum\.bootstrap\.servers=.*:(\d+)\s*$", re.M)
@@ -22,6 +23,8 @@ class StackInfo:
     flower_url: str | None = None
     #: the RabbitMQ broker, when the stack runs one (``--broker rabbitmq``)
     rabbitmq_url: str | None = None
+    #: the users, passwords and certificates of a secured stack (``ckb stack up --secure``)
+    secure: SecureClients | None = None
 
     @property
     def broker_url(self) -> str:
