@@ -797,14 +797,54 @@ def test_compose_worker_and_flower_use_the_image_and_the_routes_queues() -> None
     for name in ("bridge", "worker", "flower"):
         assert services[name]["image"] == services["bridge"]["image"]
         env = services[name]["environment"]
-        assert env["CKB_CELERY__BROKER_URL"] == settings.celery.broker_url
-        assert env["CKB_CELERY__RESULT_BACKEND"] == settings.celery.result_backend
+        assert interpolate(env["CKB_CELERY__BROKER_URL"], {}) == settings.celery.broker_url
+        backend = interpolate(env["CKB_CELERY__RESULT_BACKEND"], {})
+        assert backend == settings.celery.result_backend
     worker = service_command(services["worker"])
     assert worker[:4] == ["celery", "-A", "tasks", "worker"]
     assert queue_option(worker) == queues_of(settings)
     flower = service_command(services["flower"])
     assert flower[:4] == ["celery", "-A", "tasks", "flower"]
     assert "--port=5555" in flower and "127.0.0.1:5555:5555" in services["flower"]["ports"]
+
+
+def interpolate(value: str, variables: dict[str, str]) -> str:
+    """Compose's ``${NAME:-default}`` (the only form the compose file uses), resolved."""
+
+    def one(match: re.Match[str]) -> str:
+        return variables.get(match["name"]) or match["default"]
+
+    return re.sub(r"\$\{(?P<name>\w+):-(?P<default>[^}]*)\}", one, value)
+
+
+def env_file(path: Path) -> dict[str, str]:
+    lines = path.read_text("utf-8").splitlines()
+    pairs = [line.split("=", 1) for line in lines if line and not line.startswith("#")]
+    return {name: value for name, value in pairs}
+
+
+def test_the_rabbitmq_profile_switches_every_celery_client_to_rabbitmq(tmp_path: Path) -> None:
+    """``docker compose --env-file config/compose/rabbitmq.env up``: the profile starts
+    RabbitMQ, and the bridge, the workers and Flower all use it as their broker."""
+    variables = env_file(REPO / "config" / "compose" / "rabbitmq.env")
+    services = compose()["services"]
+    profiles = variables["COMPOSE_PROFILES"].split(",")
+    assert [name for name, s in services.items() if s.get("profiles")] == ["rabbitmq"]
+    assert services["rabbitmq"]["profiles"] == profiles
+    assert "test" in services["rabbitmq"]["healthcheck"]
+    for name in ("bridge", "worker", "flower"):
+        env = services[name]["environment"]
+        url = interpolate(env["CKB_CELERY__BROKER_URL"], variables)
+        assert url.startswith("amqp://") and "@rabbitmq:5672/" in url, name
+        dependency = services[name]["depends_on"]["rabbitmq"]
+        assert dependency == {"condition": "service_healthy", "required": False}, name
+        user = services["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_USER"]
+        assert url.startswith(f"amqp://{user}:"), "the URL's user is the one RabbitMQ creates"
+    config = tmp_path / "bridge.yaml"
+    config.write_text(COMPOSE_BRIDGE.read_text("utf-8"), "utf-8")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CKB_CELERY__BROKER_URL", interpolate("${CKB_BROKER_URL:-}", variables))
+        assert load_settings(config).celery.broker_url.startswith("amqp://")
 
 
 def test_celery_commands_exist_in_the_installed_celery() -> None:
