@@ -61,10 +61,15 @@ def produce_retrying(
 
 
 def create_topic(
-    bootstrap: str, name: str, partitions: int, error: type[Exception] = AssertionError
+    bootstrap: str,
+    name: str,
+    partitions: int,
+    error: type[Exception] = AssertionError,
+    settings: dict[str, Any] | None = None,
 ) -> None:
-    """Create ``name`` (replication 1) and wait until the cluster's metadata lists it."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    """Create ``name`` (replication 1) and wait until the cluster's metadata lists it;
+    ``settings``: how to connect (SASL, TLS)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, **(settings or {})})
     admin.create_topics([NewTopic(name, partitions, 1)])[name].result(30)
 
     def listed() -> bool:

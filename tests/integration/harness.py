@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +65,15 @@ def unique(prefix: str) -> str:
 @dataclass
 class Kafka:
     bootstrap: str
+    #: how every client connects (SASL, TLS: the secured stack's admin user)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def config(self, extra: dict[str, Any]) -> dict[str, Any]:
+        return {"bootstrap.servers": self.bootstrap, **self.settings, **extra}
 
     def create_topic(self, partitions: int, prefix: str = "it") -> str:
         name = unique(prefix)
-        create_topic(self.bootstrap, name, partitions)
+        create_topic(self.bootstrap, name, partitions, settings=self.settings)
         return name
 
     def produce(
@@ -80,9 +85,7 @@ class Kafka:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> int:
         # idempotent: a retried batch must not reorder records within a partition
-        producer = Producer(
-            {"bootstrap.servers": self.bootstrap, "linger.ms": 5, "enable.idempotence": True}
-        )
+        producer = Producer(self.config({"linger.ms": 5, "enable.idempotence": True}))
         count = 0
         key_list = list(keys) if keys is not None else None
         for i, value in enumerate(values):
@@ -98,7 +101,7 @@ class Kafka:
         return count
 
     def end_offsets(self, topic: str) -> dict[int, int]:
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": unique("probe")})
+        consumer = Consumer(self.config({"group.id": unique("probe")}))
         try:
             partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
             return {
@@ -110,7 +113,7 @@ class Kafka:
 
     def committed(self, group: str, topic: str, partitions: int) -> dict[int, int]:
         """Committed offsets of ``group`` (-1001 where nothing is committed)."""
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group})
+        consumer = Consumer(self.config({"group.id": group}))
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         try:
             for attempt in range(30):  # the coordinator may still be loading after start
@@ -138,12 +141,13 @@ class Kafka:
 
     def read_all(self, topic: str, expected: int, timeout: float = 30) -> list[Any]:
         consumer = Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": unique("reader"),
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-            }
+            self.config(
+                {
+                    "group.id": unique("reader"),
+                    "auto.offset.reset": "earliest",
+                    "enable.auto.commit": False,
+                }
+            )
         )
         consumer.subscribe([topic])
         messages: list[Any] = []
