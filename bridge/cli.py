@@ -130,11 +130,14 @@ def probe_workers_or_exit(settings: Settings) -> None:
 )
 def status(config_path: Path | None, as_json: bool, bridges: tuple[str, ...]) -> None:
     """Per partition: committed offset, end offset, lag; in flight and paused from a bridge."""
+    from bridge.access_errors import AccessRefusedError
     from bridge.status import add_bridge_state, group_status, render_status
 
     settings = settings_or_exit(config_path)
     try:
         rows = group_status(settings)
+    except AccessRefusedError as exc:
+        fail(str(exc), exc.problem.exit_code)
     except Exception as exc:
         fail(f"cannot read the group's offsets from {settings.kafka.bootstrap_servers}: {exc}")
     for warning in add_bridge_state(rows, settings, bridges):

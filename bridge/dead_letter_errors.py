@@ -8,6 +8,8 @@ from enum import Enum
 
 from confluent_kafka import KafkaError, KafkaException
 
+from bridge.access_errors import DEAD_LETTER_TOPIC, KafkaClient, kafka_problem
+
 
 class WriteError(Enum):
     """What a failed dead-letter write means (see the module docstring)."""
@@ -34,6 +36,17 @@ REFUSED_FIX = {
 HEADERS_TOO_LARGE = (
     "the letter is too large even without its value: raise the topic's max.message.bytes"
 )
+
+
+def refused_fix(error: KafkaError | None, topic: str, client: KafkaClient | None) -> str:
+    """What to do about a refused write: the grant (with its ``kafka-acls`` command) when
+    an ACL is missing, else :data:`REFUSED_FIX`'s advice."""
+    if error is None:
+        return ""
+    problem = None
+    if client is not None:
+        problem = kafka_problem(error, client, topic=topic, topic_needs=DEAD_LETTER_TOPIC)
+    return problem.message if problem is not None else REFUSED_FIX.get(error.code(), "")
 
 
 def kafka_error(error: object) -> KafkaError | None:

@@ -47,15 +47,16 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from bridge.access_errors import KafkaClient
 from bridge.core.vocabulary import TP
 from bridge.dead_letter_backlog import Letter, summarize
 from bridge.dead_letter_errors import (
     HEADERS_TOO_LARGE,
-    REFUSED_FIX,
     WriteError,
     classify,
     describe,
     kafka_error,
+    refused_fix,
 )
 from bridge.dead_letter_headers import (
     HEADER_PREFIX,
@@ -103,8 +104,10 @@ class DeadLetterWriter:
         topics: TopicGate | None = None,
         rebuild: Callable[[], Any] | None = None,
         consumes: Callable[[str], bool] = lambda topic: False,
+        client: KafkaClient | None = None,
     ) -> None:
         self._producer = producer
+        self._client = client  # who writes: names the principal of a missing grant
         #: builds a new producer after a fatal error of the current one
         self._rebuild = rebuild
         self._generation = 0
@@ -256,8 +259,7 @@ class DeadLetterWriter:
             item.whole_only = True
             self._refuse(item, HEADERS_TOO_LARGE)
         elif kind is WriteError.REFUSED:
-            found = kafka_error(error)
-            fix = REFUSED_FIX.get(found.code(), "") if found is not None else ""
+            fix = refused_fix(kafka_error(error), item.topic, self._client)
             self._refuse(item, fix or "see the error")
         elif item.topic in self._refusing:  # librdkafka then says _UNKNOWN_TOPIC, for instance
             item.last_error, item.refused = self._refusing[item.topic]

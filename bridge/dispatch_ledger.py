@@ -27,6 +27,7 @@ from typing import Any
 
 import redis
 
+from bridge.access_problems import RedisAccess
 from bridge.results import Decoder, TaskEvent, event_from_meta
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,16 @@ class Known:
 
 class DispatchLedger:
     def __init__(
-        self, client: redis.Redis, result_prefix: str, decode: Decoder, markers: bool = True
+        self,
+        client: redis.Redis,
+        result_prefix: str,
+        decode: Decoder,
+        markers: bool = True,
+        access: RedisAccess | None = None,
     ) -> None:
         self._client = client
+        #: where a refused ACL rule is reported with its fix (the ledger still goes on without)
+        self._access = access
         self._result_prefix = result_prefix
         self._decode = decode
         self._markers = markers
@@ -72,7 +80,10 @@ class DispatchLedger:
             replies = pipe.execute()
         except redis.RedisError as exc:
             log.debug("dispatch ledger not read: %r", exc)
+            self._refused(exc, "reading results and dispatch markers")
             return known
+        if self._access is not None:
+            self._access.fine()
         self._collect_finals(known, task_ids, replies[0])
         if self._markers:
             known.in_progress = {
@@ -116,3 +127,9 @@ class DispatchLedger:
             pipe.execute()
         except redis.RedisError as exc:
             log.debug("dispatch markers not written: %r", exc)
+            self._refused(exc, "writing dispatch markers")
+
+    def _refused(self, exc: BaseException, doing: str) -> None:
+        """Report an access problem (password, certificate, ACL) with its fix."""
+        if self._access is not None:
+            self._access.check(exc, doing, keys=f"{self._result_prefix}* ~{MARKER_PREFIX}*")

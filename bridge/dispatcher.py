@@ -26,6 +26,7 @@ import kombu.exceptions
 import redis.exceptions
 from kombu.serialization import dumps
 
+from bridge.access_problems import RedisAccess
 from bridge.amqp_confirms import BatchConfirms
 from bridge.io_retry import OutageLog, retry_io
 
@@ -86,12 +87,25 @@ class EncodedTask:
 class PublishError(Exception):
     """Publishing a batch failed after the bridge's own retries; delivery is uncertain."""
 
+    def __init__(self, message: str, refused: bool = False) -> None:
+        super().__init__(message)
+        #: an access problem (password, certificate, ACL), already reported with its fix
+        self.refused = refused
+
 
 class Dispatcher:
     """Sends :class:`TaskRequest` batches through one reused producer."""
 
-    def __init__(self, app: Any, batch_size: int = 500, retry_for: float = 2.0) -> None:
+    def __init__(
+        self,
+        app: Any,
+        batch_size: int = 500,
+        retry_for: float = 2.0,
+        access: RedisAccess | None = None,
+    ) -> None:
         self._app = app
+        #: where a refused password, certificate or ACL rule of a Redis broker is reported
+        self._access = access
         self._batch_size = batch_size
         self._retry_for = retry_for
         self._connection: Any = None
@@ -202,8 +216,12 @@ class Dispatcher:
             retry_io(self._publish_once, self._outage, retry_for, retry_on=BROKER_IO_ERRORS)(tasks)
         except Exception as exc:
             self._outage.failed(exc)
+            if self._access is not None and self._access.check(exc, "publishing tasks"):
+                raise PublishError(f"publishing {len(tasks)} tasks refused", refused=True) from exc
             raise PublishError(f"publishing {len(tasks)} tasks failed: {exc!r}") from exc
         self._outage.recovered()
+        if self._access is not None:
+            self._access.fine()
 
     def queue_depth(self, queue: str | None) -> int | None:
         """Messages waiting in ``queue`` (None: the app's default queue) as the broker counts

@@ -18,6 +18,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
+from bridge.access_errors import CREATE_TOPIC, KafkaClient, kafka_problem
 from bridge.kafka_clients import kafka_error_of
 from bridge.settings import DeadLetterSettings
 
@@ -36,8 +37,11 @@ class DeadLetterTopics:
     writes; after a failed request the next write asks again (the writer retries with backoff).
     """
 
-    def __init__(self, admin: Any, settings: DeadLetterSettings) -> None:
+    def __init__(
+        self, admin: Any, settings: DeadLetterSettings, client: KafkaClient | None = None
+    ) -> None:
         self._admin = admin
+        self._client = client  # who asks: names the principal of a missing grant
         self._settings = settings
         self._lock = threading.Lock()
         #: topics whose CreateTopics request has not been answered yet
@@ -104,7 +108,20 @@ class DeadLetterTopics:
             self._refused.add(topic)
             first = topic not in self._warned
             self._warned.add(topic)
-        if first:
+        problem = None
+        if self._client is not None:
+            problem = kafka_problem(
+                kafka_error_of(error), self._client, topic=topic, topic_needs=CREATE_TOPIC,
+                cluster_needs="Create",
+            )  # fmt: skip
+        if first and problem is not None:
+            log.warning(
+                "cannot create dead-letter topic %s: %s; or create it yourself. Its dead "
+                "letters are retried until it exists",
+                topic,
+                problem.message,
+            )
+        elif first:
             log.warning(
                 "cannot create dead-letter topic %s (%s): create it, or grant the bridge's "
                 "principal CREATE on it; its dead letters are retried until it exists",

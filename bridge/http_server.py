@@ -71,6 +71,8 @@ class Probes:
     stall_after: float = STALL_AFTER
     #: why dead letters are stuck (``DeadLetterWriter.problem``), or None
     dead_letters: Callable[[], str | None] = lambda: None
+    #: access problems in force (``AccessProblems.reasons``): a password, a certificate, a grant
+    access: Callable[[], list[str]] = lambda: []
 
     def live(self) -> tuple[bool, dict[str, Any]]:
         age = self.clock() - self.last_iteration()
@@ -92,6 +94,7 @@ class Probes:
         stuck = self.dead_letters()
         if stuck:
             reasons.append(stuck)
+        reasons.extend(self.access())
         if reasons:
             return False, {"status": "not ready", "reasons": reasons}
         return True, {"status": "ready"}

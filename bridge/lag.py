@@ -25,10 +25,12 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from bridge.access_errors import KafkaClient
+from bridge.access_problems import AccessProblems, KafkaAccess
 from bridge.core.vocabulary import TP
 from bridge.events import Observer, PartitionState
 from bridge.io_retry import OutageLog
-from bridge.kafka_clients import client_id, consumer_config
+from bridge.kafka_clients import client_id, consumer_config, kafka_error_of
 from bridge.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -65,8 +67,13 @@ class LagMonitor(Observer):
         interval: float = 5.0,
         timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        access: KafkaAccess | None = None,
     ) -> None:
         self._factory = consumer_factory
+        #: where a refused password, certificate or grant goes, with its fix
+        self._access = access
+        #: the topic of the request under way, for a refusal's message
+        self._asking: str | None = None
         self._on_lag = on_lag
         self.interval = interval
         self._timeout = timeout
@@ -85,12 +92,21 @@ class LagMonitor(Observer):
 
     @classmethod
     def for_settings(
-        cls, kafka: KafkaSettings, kafka_log: logging.Logger, on_lag: LagSink | None = None
+        cls,
+        kafka: KafkaSettings,
+        kafka_log: logging.Logger,
+        on_lag: LagSink | None = None,
+        problems: AccessProblems | None = None,
     ) -> LagMonitor:
-        def factory() -> Any:
-            return Consumer({**lag_consumer_config(kafka), "logger": kafka_log})
+        config = lag_consumer_config(kafka)
 
-        return cls(factory, on_lag)
+        def factory() -> Any:
+            return Consumer({**config, "logger": kafka_log})
+
+        access = None
+        if problems is not None:
+            access = KafkaAccess(KafkaClient.of(config), problems, "kafka:lag", kafka.group_id)
+        return cls(factory, on_lag, access=access)
 
     def reachable(self, max_age: float | None = None) -> bool:
         """Whether a round succeeded within ``max_age`` seconds (default: three intervals)."""
@@ -145,10 +161,16 @@ class LagMonitor(Observer):
         try:
             self._round(consumer)
         except KafkaException as exc:
-            self._outage.failed(exc)
+            refused = self._access is not None and self._access.check(
+                kafka_error_of(exc), self._asking, hold=3 * self.interval + self._timeout
+            )
+            if not refused:
+                self._outage.failed(exc)
             return
         self.last_success = self._clock()
         self._outage.recovered()
+        if self._access is not None:
+            self._access.fine()
 
     def _round(self, consumer: Any) -> None:
         with self._lock:
@@ -159,11 +181,13 @@ class LagMonitor(Observer):
         # committed offsets first, end offsets after: so end >= committed, lag never negative
         committed = {(state.topic, state.partition): state.committed for state in snapshot}
         unknown = [tp for tp, offset in committed.items() if offset is None]
+        self._asking = None
         if unknown:
             committed.update(self._group_committed(consumer, unknown))
         ends: dict[TP, int] = {}
         lags: dict[TP, int] = {}
         for (topic, partition), offset in committed.items():
+            self._asking = topic
             first, end = consumer.get_watermark_offsets(
                 TopicPartition(topic, partition), timeout=self._timeout, cached=False
             )

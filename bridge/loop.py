@@ -16,11 +16,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import TopicPartition
 
+from bridge.access_errors import KafkaClient
+from bridge.access_problems import AccessProblems
 from bridge.batch_requests import batch_id_for
 from bridge.bounded_close import close_within
-from bridge.commits import CommitReports, Committer, FatalConsumerError, fatal_message
+from bridge.commits import CommitReports, Committer, FatalConsumerError
+from bridge.consumer_errors import ConsumerErrors
 from bridge.core.engine import WorkEngine
 from bridge.core.jobs import Job
 from bridge.core.policy import Limits
@@ -29,6 +32,7 @@ from bridge.dead_letters import DeadLetterWriter
 from bridge.dispatcher import Dispatcher
 from bridge.events import Observers, PartitionState
 from bridge.intake import Intake, Rejected, Work, rejected
+from bridge.kafka_clients import consumer_config
 from bridge.lost_tasks import LostTasks
 from bridge.outcomes import Outcomes
 from bridge.rate_limit import TokenBuckets
@@ -72,9 +76,12 @@ class ConsumerLoop:
         clock: Callable[[], float] = time.monotonic,
         commit_reports: CommitReports | None = None,
         buckets: TokenBuckets | None = None,
+        access: AccessProblems | None = None,
     ) -> None:
         self.settings = settings
         self._consumer = consumer
+        client = KafkaClient.of(consumer_config(settings.kafka))
+        self.errors = ConsumerErrors(client, settings.kafka.group_id, access or AccessProblems(log))
         self._watcher = watcher
         self._dlq = dead_letters
         self._events = observers
@@ -225,9 +232,10 @@ class ConsumerLoop:
     def _take(self, message: Any) -> None:
         error = message.error()
         if error is not None:
-            self._on_consume_error(error)
+            self.errors.seen(error, message.topic())
             return
         record = Record.from_message(message)
+        self.errors.consumed(record.topic)
         if self.stopping:
             return
         epoch = self.engine.open(record.tp, record.offset, self._clock(), record.size)
@@ -249,13 +257,6 @@ class ConsumerLoop:
             self._outcomes.dead_letter(record, read.route, epoch, read.failure)
         else:
             self.engine.finish(record.tp, record.offset, epoch)
-
-    def _on_consume_error(self, error: KafkaError) -> None:
-        if error.code() == KafkaError._PARTITION_EOF:
-            return
-        if error.fatal():
-            raise FatalConsumerError(fatal_message(error))
-        log.warning("Kafka consumer error (retrying): %s", error.str())
 
     # == outcomes ========================================================================
     def _apply_events(self, timeout: float = 0.0) -> None:

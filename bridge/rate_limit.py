@@ -27,6 +27,7 @@ from typing import Any
 
 import redis
 
+from bridge.access_problems import RedisAccess
 from bridge.io_retry import OutageLog
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,9 @@ class Grant:
 class TokenBuckets:
     """The group's buckets, one per route, in Redis."""
 
-    def __init__(self, client: Any, group: str) -> None:
+    def __init__(self, client: Any, group: str, access: RedisAccess | None = None) -> None:
         self._client = client
+        self._access = access
         self._group = group
         self._script = client.register_script(_TAKE)
         self._outage = OutageLog(log, "Redis (rate limits)")
@@ -96,8 +98,12 @@ class TokenBuckets:
                 keys=[self.key(route_name)], args=[repr(per_second), burst, wanted]
             )
         except redis.RedisError as exc:
-            self._outage.failed(exc)
+            limits = "applying rate limits"
+            if self._access is None or not self._access.check(exc, limits, keys="ckb-rate-*"):
+                self._outage.failed(exc)
             return Grant(0, UNAVAILABLE_WAIT)
         self._outage.recovered()
+        if self._access is not None:
+            self._access.fine()
         granted = int(granted)
         return Grant(granted, 0.0 if granted == wanted else max(float(wait), MIN_WAIT))

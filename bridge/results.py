@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 
+from bridge.access_problems import RedisAccess
 from bridge.core.vocabulary import TaskState
 from bridge.io_retry import OutageLog
 
@@ -83,8 +84,11 @@ class ResultWatcher:
         reconcile_interval: float = 5.0,
         decoder: Decoder = json_decoder,
         chunk: int = 1000,
+        access: RedisAccess | None = None,
     ) -> None:
         self._client_factory = client_factory
+        #: where a refused password, certificate or ACL rule is reported, with its fix
+        self._access = access
         self._prefix = key_prefix
         self._interval = reconcile_interval
         self._decode = decoder
@@ -148,7 +152,8 @@ class ResultWatcher:
                 self._listen()
                 backoff = 0.1
             except (redis.RedisError, OSError) as exc:
-                self._outage.failed(exc)
+                if not self._refused(exc):
+                    self._outage.failed(exc)
             except Exception:
                 self.crashes += 1
                 log.exception("result watcher failed; restarting it in %.1fs", backoff)
@@ -181,11 +186,20 @@ class ResultWatcher:
                 if self._sweep_now or now >= next_sweep:
                     self._sweep(client, full=self._sweep_now)
                     self._outage.recovered()
+                    if self._access is not None:
+                        self._access.fine()
                     self._sweep_now = False
                     next_sweep = now + self._interval
         finally:
             pubsub.close()
             client.close()
+
+    def _refused(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is an access problem (reported with its fix, not as an outage)."""
+        if self._access is None:
+            return False
+        pattern = f"{self._prefix}*"
+        return self._access.check(exc, "watching task results", keys=pattern, channels=pattern)
 
     def _on_message(self, message: dict[str, Any]) -> None:
         if message.get("type") != "pmessage":

@@ -195,7 +195,7 @@ class Sender:
         try:
             self._dispatcher.publish([task for _, task in encoded])
         except PublishError as exc:
-            log.warning("%s; will retry", exc)
+            log.log(logging.DEBUG if exc.refused else logging.WARNING, "%s; will retry", exc)
             self._backoff_until = self._clock() + PUBLISH_BACKOFF
             return False
         for route, ids in _by_route(job for job, _ in encoded):

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
+from bridge.access_errors import KafkaClient, RedisClient
+from bridge.access_problems import AccessProblems, RedisAccess
 from bridge.celery_app import make_celery_app
 from bridge.core.vocabulary import Outcome
 from bridge.dead_letters import DeadLetterWriter
@@ -80,7 +82,9 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
     app = make_celery_app(settings.celery)
     # the result source, the ledger and the rate limiter's Redis, chosen from
     # celery.result_backend (raises ConfigError naming it)
-    results = open_results(settings, app)
+    # a refused password, certificate or grant: one ERROR line with its fix, a /readyz reason
+    access = AccessProblems(logging.getLogger("bridge.access"))
+    results = open_results(settings, app, access)
     watcher = results.source
     # librdkafka's own lines (connection failures, coordinator changes) go through the bridge's
     # logging, JSON included, instead of raw "%3|…" lines on stderr; they are served inside
@@ -97,16 +101,24 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
     dead_letters = DeadLetterWriter(
         producer,
         settings.kafka.group_id,
-        topics=DeadLetterTopics(AdminClient(admin_settings), settings.dead_letters),
+        topics=DeadLetterTopics(
+            AdminClient(admin_settings), settings.dead_letters, KafkaClient.of(admin_settings)
+        ),
         # a fatal error of the idempotent producer: a new one takes over its letters
         rebuild=dead_letter_producer,
         consumes=lambda topic: router.match(topic) is not None,
+        client=KafkaClient.of(producer_config(settings.kafka), "kafka.producer"),
     )
-    dispatcher = Dispatcher(app, batch_size=settings.kafka.poll_batch)
+    broker = RedisClient.from_url("celery.broker_url", str(app.conf.broker_url))
+    dispatcher = Dispatcher(
+        app, settings.kafka.poll_batch, access=RedisAccess(broker, access, "redis:broker")
+    )
     totals = Totals()
     metrics = PrometheusObserver() if settings.metrics.enabled else None
     # fed by the loop's partition snapshots; feeds the lag gauge, /status and readiness
-    lag = LagMonitor.for_settings(settings.kafka, kafka_log, metrics.set_lag if metrics else None)
+    lag = LagMonitor.for_settings(
+        settings.kafka, kafka_log, metrics.set_lag if metrics else None, access
+    )
     spans: list[Observer] = []
     closers: list[Callable[[], None]] = []
     if settings.tracing.enabled:  # the otel extra (checked by the settings): imported only now
@@ -117,6 +129,8 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
         closers.append(tracing.shutdown)  # when the loop has stopped: spans flushed last
     fan_out = Observers([totals, lag, *([metrics] if metrics else []), *spans, *(observers or [])])
     commit_reports = CommitReports()  # filled inside consume(), drained by the loop
+    backend = RedisClient.from_url("celery.result_backend", settings.celery.result_backend)
+    rate_access = RedisAccess(backend, access, "redis:rate")
     loop = ConsumerLoop(
         settings,
         Consumer(
@@ -128,15 +142,18 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
         dead_letters,
         fan_out,
         commit_reports=commit_reports,
+        access=access,
         # the routes' rate limits hold for the whole group: one bucket per route in Redis
-        buckets=TokenBuckets(results.redis, settings.kafka.group_id)
+        buckets=TokenBuckets(results.redis, settings.kafka.group_id, rate_access)
         if results.redis is not None and any(route.rate_limit for route in settings.routes)
         else None,
     )
     bridge = Bridge(
         settings, loop, watcher, dispatcher, producer, totals, [*results.closers, *closers]
     )
-    bridge.services.extend(ops_services(settings, lag, metrics, loop, watcher, dead_letters))
+    bridge.services.extend(
+        ops_services(settings, lag, metrics, loop, watcher, dead_letters, access)
+    )
     # once, in the background: can the bridge see the outcomes of what it sends?
     bridge.services.append(WorkerCheck(settings, make_celery_app, loop.lost.hold_lost_tasks_of))
     return bridge
@@ -149,6 +166,7 @@ def ops_services(
     loop: ConsumerLoop,
     watcher: ResultSource,
     dead_letters: DeadLetterWriter | None = None,
+    access: AccessProblems | None = None,
 ) -> list[Service]:
     """The lag monitor and the /healthz, /readyz, /status endpoint, whether or not metrics
     are enabled (the container health check and the probes call them); /metrics with them."""
@@ -158,6 +176,7 @@ def ops_services(
         redis_ok=lambda: watcher.healthy,
         kafka_ok=lag.reachable,
         dead_letters=lambda: dead_letters.problem if dead_letters else None,
+        access=access.reasons if access is not None else list,
     )
     app = OpsApp(
         None if metrics is None else metrics.registry,

@@ -12,10 +12,11 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
+from bridge.access_errors import AccessRefusedError, KafkaClient, RefusalEvents, refusal
 from bridge.core.vocabulary import TP
 from bridge.kafka_clients import consumer_config, quiet_kafka_logger
 from bridge.lag import partition_lag
@@ -43,25 +44,37 @@ def routed_topics(settings: Settings, existing: list[str]) -> list[str]:
 
 
 def group_status(settings: Settings, timeout: float = 10.0) -> list[PartitionStatus]:
+    """Raises :class:`AccessRefusedError` for a refused password, certificate or grant."""
+    events = RefusalEvents()
     config = {**consumer_config(settings.kafka), "logger": quiet_kafka_logger("status")}
-    consumer: Any = Consumer(config)
+    consumer: Any = Consumer({**config, "error_cb": events})
     try:
-        metadata = consumer.list_topics(timeout=timeout)
-        tps = [
-            TopicPartition(topic, p)
-            for topic in routed_topics(settings, list(metadata.topics))
-            for p in sorted(metadata.topics[topic].partitions)
-        ]
-        committed = consumer.committed(tps, timeout=timeout) if tps else []
-        rows = []
-        for tp in committed:
-            first, end = consumer.get_watermark_offsets(tp, timeout=timeout)
-            offset = tp.offset if tp.offset >= 0 else None
-            lag = partition_lag(end, offset, first)
-            rows.append(PartitionStatus(tp.topic, tp.partition, offset, end, lag))
-        return rows
+        return _group_status(consumer, settings, timeout)
+    except KafkaException as exc:
+        consumer.poll(0)  # serves the error events that say why
+        problem = refusal(exc, events, KafkaClient.of(config), settings.kafka.group_id)
+        if problem is not None:
+            raise AccessRefusedError(problem) from exc
+        raise
     finally:
         consumer.close()
+
+
+def _group_status(consumer: Any, settings: Settings, timeout: float) -> list[PartitionStatus]:
+    metadata = consumer.list_topics(timeout=timeout)
+    tps = [
+        TopicPartition(topic, p)
+        for topic in routed_topics(settings, list(metadata.topics))
+        for p in sorted(metadata.topics[topic].partitions)
+    ]
+    committed = consumer.committed(tps, timeout=timeout) if tps else []
+    rows = []
+    for tp in committed:
+        first, end = consumer.get_watermark_offsets(tp, timeout=timeout)
+        offset = tp.offset if tp.offset >= 0 else None
+        lag = partition_lag(end, offset, first)
+        rows.append(PartitionStatus(tp.topic, tp.partition, offset, end, lag))
+    return rows
 
 
 class BridgeStatusError(Exception):

@@ -14,6 +14,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
+from bridge.access_errors import DEAD_LETTER_TOPIC, SOURCE_TOPIC, KafkaClient, kafka_problem
 from bridge.core.offsets import PartitionOffsets
 from bridge.core.vocabulary import TP
 from bridge.records import Record
@@ -60,6 +61,8 @@ class Replayer:
         #: told once per kind of transient consumer error
         self.on_warning: Callable[[str], None] = lambda _message: None
         self._warned: set[int] = set()
+        #: who asks Kafka, to name a refused grant (None: Kafka's own words)
+        self.client: KafkaClient | None = None
         #: what each partition of the dead-letter topic may commit (letters not yet done)
         self._offsets: dict[TP, PartitionOffsets] = {}
         self._ends: dict[int, int] = {}
@@ -139,9 +142,19 @@ class Replayer:
             self._close(message.partition())
         elif error.fatal():
             raise ReplayError(f"Kafka consumer failed: {error.str()}")
+        elif problem := self._refused(error, message.topic(), SOURCE_TOPIC):
+            raise ReplayError(problem)
         elif error.code() not in self._warned:  # transient (broker down, …): once per kind
             self._warned.add(error.code())
             self.on_warning(f"Kafka: {error.str()} (retrying)")
+
+    def _refused(self, error: Any, topic: str | None, needs: tuple[str, ...]) -> str | None:
+        """The access problem ``error`` reports (its fix in one line), if it is one."""
+        if self.client is None or not isinstance(error, KafkaError):
+            return None
+        group = self._options.group
+        problem = kafka_problem(error, self.client, topic=topic, group=group, topic_needs=needs)
+        return None if problem is None else problem.message
 
     def _close(self, partition: int) -> None:
         """Stop reading ``partition``: its end (as captured at start) was reached."""
@@ -212,8 +225,9 @@ class Replayer:
         if err is not None:
             self.result.stats.count(letter.reason, "failed")
             if self.result.error is None:
+                why = self._refused(err, destination, DEAD_LETTER_TOPIC) or err
                 self.result.error = (
-                    f"Kafka did not accept {record.coordinates()} for {destination}: {err}; "
+                    f"Kafka did not accept {record.coordinates()} for {destination}: {why}; "
                     "progress is committed up to it: run again to retry (letters delivered "
                     "after it are sent again)"
                 )

@@ -10,6 +10,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
+from bridge.access_errors import KafkaClient, RefusalEvents, refusal
 from bridge.kafka_clients import quiet_kafka_logger
 from bridge.replay.clients import (
     replay_admin_config,
@@ -47,20 +48,30 @@ def replay_session(kafka: KafkaSettings, options: ReplayOptions) -> Iterator[Rep
     from confluent_kafka.admin import AdminClient
 
     logger: dict[str, Any] = {"logger": quiet_kafka_logger("replay")}
-    consumer = Consumer({**replay_consumer_config(kafka, options.group), **logger})
+    config = replay_consumer_config(kafka, options.group)
+    events = RefusalEvents()  # why a request timed out: a refused password or certificate
+    consumer = Consumer({**config, **logger, "error_cb": events})
+    client = KafkaClient.of(config)
     try:
         try:
             plans = plan_topic(consumer, options.source)
         except KafkaException as exc:
+            consumer.poll(0)  # serves the error events
+            problem = refusal(exc, events, client, options.group)
             raise ReplayError(
-                f"cannot read {options.source!r} from Kafka at {kafka.bootstrap_servers}: {exc}"
+                str(problem)
+                if problem is not None
+                else f"cannot read {options.source!r} from Kafka at {kafka.bootstrap_servers}: "
+                f"{exc}"
             ) from exc
         if options.dry_run:
             yield Replayer(consumer, None, options, plans, None)
             return
         producer = Producer({**replay_producer_config(kafka), **logger})
         admin = AdminClient({**replay_admin_config(kafka), **logger})
-        yield Replayer(consumer, producer, options, plans, GroupOffsets(admin, options.group))
+        replayer = Replayer(consumer, producer, options, plans, GroupOffsets(admin, options.group))
+        replayer.client = client
+        yield replayer
     finally:
         consumer.close()
 
