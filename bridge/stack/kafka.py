@@ -17,7 +17,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from bridge.stack.credentials import write_private
-from bridge.stack.kafka_acls import ADMIN_USER, BRIDGE_USER, acl_bindings, apply_acls, bridge_grants
+from bridge.stack.kafka_acls import ADMIN_USER, apply_acls, stack_bindings
 from bridge.stack.paths import (
     DEFAULT_KAFKA_VERSION,
     StatePaths,
@@ -224,9 +224,9 @@ class KafkaNode:
         write_pid(self.paths.kafka_pid, pid)
         self.wait_ready(pid)
         if self.secure is not None:
-            report(f"granting the Kafka ACLs of {BRIDGE_USER}")
+            report("granting the Kafka ACLs of the bridge and replay users")
             config = {**self.admin_settings(), "bootstrap.servers": self.bootstrap}
-            apply_acls(config, acl_bindings(BRIDGE_USER, bridge_grants()))
+            apply_acls(config, stack_bindings())
         report(f"Kafka ready on {self.bootstrap}")
         return pid
 

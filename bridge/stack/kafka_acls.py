@@ -33,9 +33,13 @@ log = logging.getLogger(__name__)
 ADMIN_USER = "ckb-admin"
 #: the bridge's least-privilege user
 BRIDGE_USER = "ckb-bridge"
+#: ``ckb dlq replay``'s least-privilege user
+REPLAY_USER = "ckb-replay"
 SOURCE_PREFIX = "demo."
 DLQ_PREFIX = "dlq."
 GROUP_PREFIX = "ckb-"
+#: the replay's own groups (``ckb-replay.<dead-letter topic>`` unless ``--group``)
+REPLAY_GROUP_PREFIX = "ckb-replay."
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,15 @@ CREATE_DLQ_GRANT = Grant(
     "topic", DLQ_PREFIX, ("CREATE",), "create a missing dead-letter topic before its first write"
 )
 
+#: what ``ckb dlq replay`` needs: read dead letters, write them back, keep its progress
+REPLAY_GRANTS: tuple[Grant, ...] = (
+    Grant("topic", DLQ_PREFIX, ("READ", "DESCRIBE"), "read the dead letters"),
+    Grant("group", REPLAY_GROUP_PREFIX, ("READ", "DESCRIBE"), "commit the replay's progress"),
+    Grant(
+        "topic", SOURCE_PREFIX, ("WRITE", "DESCRIBE"), "produce the letters back to their topics"
+    ),
+)
+
 _RESOURCES = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP}
 
 
@@ -83,6 +96,11 @@ def acl_bindings(user: str, grants: Iterable[Grant]) -> list[AclBinding]:
         for grant in grants
         for operation in grant.operations
     ]
+
+
+def stack_bindings() -> list[AclBinding]:
+    """Every ACL of the secured stack: the bridge's and the replay's."""
+    return acl_bindings(BRIDGE_USER, bridge_grants()) + acl_bindings(REPLAY_USER, REPLAY_GRANTS)
 
 
 def apply_acls(admin_config: Mapping[str, Any], bindings: list[AclBinding]) -> None:

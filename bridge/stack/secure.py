@@ -23,7 +23,7 @@ from bridge.stack.processes import StackError
 
 SCRAM = "SCRAM-SHA-512"
 STANDARD_AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
-KAFKA_USERS = (kafka_acls.ADMIN_USER, kafka_acls.BRIDGE_USER)
+KAFKA_USERS = (kafka_acls.ADMIN_USER, kafka_acls.BRIDGE_USER, kafka_acls.REPLAY_USER)
 MASK = "****"
 
 
@@ -211,6 +211,15 @@ class SecureClients:
     def worker_file(self) -> Path:
         return self.setup.secrets_dir / "worker.env"
 
+    @property
+    def replay_file(self) -> Path:
+        return self.setup.secrets_dir / "replay.yaml"
+
+    def replay_settings(self) -> dict[str, Any]:
+        """The ``kafka`` section for ``ckb dlq replay`` as its own least-privilege user."""
+        consumer = self.setup.kafka_client(kafka_acls.REPLAY_USER)
+        return {"kafka": {"bootstrap_servers": self.kafka_bootstrap, "consumer": consumer}}
+
     def write_files(self) -> None:
         """``bridge.yaml`` (the bridge's sections) and ``worker.env``, both 0600."""
         import yaml
@@ -218,6 +227,10 @@ class SecureClients:
         header = "# ckb stack up --secure: the bridge's connection settings (secret: 0600)\n"
         body = yaml.safe_dump(self.bridge_settings(), sort_keys=False)
         write_private(self.bridge_file, header + body)
+        replay = yaml.safe_dump(self.replay_settings(), sort_keys=False)
+        write_private(
+            self.replay_file, "# ckb dlq replay's kafka section (secret: 0600)\n" + replay
+        )
         lines = [f"{name}='{value}'" for name, value in self.worker_env().items()]
         write_private(self.worker_file, "\n".join(lines) + "\n")
 
@@ -232,6 +245,7 @@ class SecureClients:
             f"# passwords ({MASK} above) are in {self.setup.secrets_dir}/*.password (0600)\n"
             f"# complete bridge settings: {self.bridge_file} (merge into your config)\n"
             f"# a worker: set -a; . {self.worker_file}; set +a; celery -A tasks worker\n"
+            f"# ckb dlq replay as ckb-replay: the kafka section of {self.replay_file}\n"
             f"# topics: sources {kafka_acls.SOURCE_PREFIX}*, dead letters "
             f"{kafka_acls.DLQ_PREFIX}* (set dlq_topic), groups {kafka_acls.GROUP_PREFIX}*\n"
         )
