@@ -6,8 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-#: URL schemes of a Redis server (result backend or broker)
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: URL schemes of a Redis server (result backend or broker); ``sentinel``: the master a Redis
+#: Sentinel names (:mod:`bridge.sentinel`)
+REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
+#: the schemes of a Redis the bridge connects to directly from a broker URL
+PLAIN_REDIS = ("redis", "rediss", "unix")
 #: Celery's SQLAlchemy result backend: ``db+<dialect>[+driver]://``; the bridge reads it with
 #: the same SQLAlchemy dialects (the driver is an extra: ``ckb[postgres]``)
 DATABASE_DIALECTS = ("postgresql", "mysql", "sqlite")
@@ -37,11 +40,11 @@ def rate_limit_without_redis(
     broker_url: str, result_backend: str, rate_limited: Sequence[int]
 ) -> str | None:
     """Why the rate-limited routes (their indexes) cannot work: the shared token buckets live
-    in a Redis (the result backend's, else the broker's); None when there is one."""
-    if not rate_limited or is_redis(result_backend) or is_redis(broker_url):
+    in a Redis (the result backend's, else a ``redis://`` broker's); None when there is one."""
+    if not rate_limited or is_redis(result_backend) or scheme(broker_url) in PLAIN_REDIS:
         return None
     return (
         f"routes.{rate_limited[0]}.rate_limit needs a Redis for the group's token buckets, and "
-        "neither celery.broker_url nor celery.result_backend is Redis: remove rate_limit, or "
-        "use a Redis broker or result backend"
+        "celery.result_backend is not Redis nor celery.broker_url a redis:// URL: remove "
+        "rate_limit, or use a Redis result backend or broker"
     )

@@ -27,7 +27,6 @@ from typing import Any
 
 import redis
 
-from bridge.access_problems import RedisAccess
 from bridge.results import Decoder, TaskEvent, event_from_meta
 
 log = logging.getLogger(__name__)
@@ -53,14 +52,13 @@ class DispatchLedger:
     def __init__(
         self,
         client: redis.Redis,
-        result_prefix: str,
+        result_prefix: str | None,
         decode: Decoder,
         markers: bool = True,
-        access: RedisAccess | None = None,
     ) -> None:
+        """``result_prefix`` None: markers only (the results are elsewhere, e.g. in a
+        database, and this Redis is the broker's)."""
         self._client = client
-        #: where a refused ACL rule is reported with its fix (the ledger still goes on without)
-        self._access = access
         self._result_prefix = result_prefix
         self._decode = decode
         self._markers = markers
@@ -74,21 +72,20 @@ class DispatchLedger:
             return known
         try:
             pipe = self._client.pipeline(transaction=False)
-            pipe.mget([self._result_prefix + task_id for task_id in task_ids])
+            if self._result_prefix is not None:
+                pipe.mget([self._result_prefix + task_id for task_id in task_ids])
             if self._markers:
                 pipe.mget([MARKER_PREFIX + task_id for task_id in task_ids])
-            replies = pipe.execute()
+            replies = pipe.execute() if len(pipe) else []
         except redis.RedisError as exc:
             log.debug("dispatch ledger not read: %r", exc)
-            self._refused(exc, "reading results and dispatch markers")
             return known
-        if self._access is not None:
-            self._access.fine()
-        self._collect_finals(known, task_ids, replies[0])
+        if self._result_prefix is not None:
+            self._collect_finals(known, task_ids, replies.pop(0))
         if self._markers:
             known.in_progress = {
                 task_id
-                for task_id, marker in zip(task_ids, replies[1], strict=True)
+                for task_id, marker in zip(task_ids, replies[0], strict=True)
                 if marker is not None and task_id not in known.finals
             }
         return known
@@ -127,9 +124,3 @@ class DispatchLedger:
             pipe.execute()
         except redis.RedisError as exc:
             log.debug("dispatch markers not written: %r", exc)
-            self._refused(exc, "writing dispatch markers")
-
-    def _refused(self, exc: BaseException, doing: str) -> None:
-        """Report an access problem (password, certificate, ACL) with its fix."""
-        if self._access is not None:
-            self._access.check(exc, doing, keys=f"{self._result_prefix}* ~{MARKER_PREFIX}*")

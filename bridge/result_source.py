@@ -8,7 +8,9 @@ A :class:`Ledger` answers, before a record is sent, whether its task already has
 or was sent by an earlier owner (dispatch markers), and notes what was sent.
 
 Implementations: Redis (pub/sub plus the reconcile sweep, :mod:`bridge.results`, and the
-dispatch ledger in the same Redis, :mod:`bridge.dispatch_ledger`).
+dispatch ledger in the same Redis, :mod:`bridge.dispatch_ledger`) and Celery's database
+backend (batched reads of its task table, :mod:`bridge.db_results`, and the ledger of
+:mod:`bridge.db_ledger`).
 """
 
 from __future__ import annotations
@@ -20,13 +22,11 @@ from typing import Any, Protocol
 
 import redis
 
-from bridge.access_errors import RedisClient
-from bridge.access_problems import AccessProblems, RedisAccess
-from bridge.backend_urls import backend_kind
+from bridge.backend_urls import PLAIN_REDIS, backend_kind, scheme
 from bridge.dispatch_ledger import DispatchLedger, Known
-from bridge.redis_clients import result_backend_params
+from bridge.redis_clients import SOCKET_CONNECT_TIMEOUT, SOCKET_TIMEOUT, result_backend_params
 from bridge.results import ResultWatcher, TaskEvent, json_decoder
-from bridge.settings import ConfigError, Settings
+from bridge.settings import CelerySettings, ConfigError, Settings
 
 
 class ResultSource(Protocol):
@@ -67,20 +67,20 @@ class ResultParts:
     closers: list[Callable[[], None]] = field(default_factory=list)
 
 
-def open_results(settings: Settings, app: Any, access: AccessProblems | None = None) -> ResultParts:
-    """The parts for ``celery.result_backend``; raises :class:`ConfigError` naming it.
-    Refused passwords, certificates and grants go to ``access``."""
+def open_results(settings: Settings, app: Any) -> ResultParts:
+    """The parts for ``celery.result_backend``; raises :class:`ConfigError` naming it."""
     kind = backend_kind(settings.celery.result_backend)
     if kind == "redis":
-        return redis_results(settings, app, access)
+        return redis_results(settings, app)
+    if kind == "database":
+        return database_results(settings, app)
     raise ConfigError(
-        "celery.result_backend: the bridge reads results from Redis (redis://, rediss://)"
+        "celery.result_backend: the bridge reads results from Redis (redis://, rediss://) or "
+        "Celery's database backend (db+postgresql://, db+mysql://, db+sqlite://)"
     )
 
 
-def redis_results(
-    settings: Settings, app: Any, access: AccessProblems | None = None
-) -> ResultParts:
+def redis_results(settings: Settings, app: Any) -> ResultParts:
     """Pub/sub watcher and ledger on the result backend's Redis, connected as Celery connects
     (TLS parameters, ``redis_backend_use_ssl``; raises ConfigError for what Celery refuses)."""
     backend_params = result_backend_params(app)
@@ -95,21 +95,52 @@ def redis_results(
         key_prefix=settings.results.key_prefix,
         reconcile_interval=settings.results.reconcile_interval,
         decoder=decoder,
-        access=_access(access, settings, "redis:results"),
     )
     client = redis_client()
     ledger = DispatchLedger(
-        client,
-        settings.results.key_prefix,
-        decoder,
-        markers=settings.results.dispatch_markers,
-        access=_access(access, settings, "redis:ledger"),
+        client, settings.results.key_prefix, decoder, markers=settings.results.dispatch_markers
     )
     return ResultParts(watcher, ledger, client, [client.close])
 
 
-def _access(problems: AccessProblems | None, settings: Settings, key: str) -> RedisAccess | None:
-    if problems is None:
+def database_results(settings: Settings, app: Any) -> ResultParts:
+    """Sweeps of Celery's task table; dispatch markers in the broker's Redis if the broker is
+    Redis (which then holds the rate limiter's buckets too), else in a table of the database."""
+    try:  # SQLAlchemy and the driver only when used (the ckb[postgres] extra)
+        from bridge.db_ledger import DatabaseLedger, Markers, RedisMarkers, TableMarkers
+        from bridge.db_results import DatabaseResults, make_engine, result_decoder, task_table
+
+        engine = make_engine(app)
+    except ImportError as exc:
+        raise ConfigError(
+            f"celery.result_backend: a database backend needs SQLAlchemy and its driver "
+            f"({exc.name} is missing): pip install 'celery-kafka-bridge[postgres]' (PostgreSQL), "
+            "or install the driver of your database"
+        ) from None
+    table = task_table(app)
+    source = DatabaseResults(
+        engine, table, result_decoder(app), longest_interval=settings.results.reconcile_interval
+    )
+    broker = broker_redis(settings.celery)
+    markers: Markers | None = None
+    if settings.results.dispatch_markers:
+        markers = RedisMarkers(broker) if broker is not None else TableMarkers(engine, table.schema)
+    closers = [] if broker is None else [broker.close]
+    return ResultParts(source, DatabaseLedger(source, markers), broker, closers)
+
+
+def broker_redis(celery: CelerySettings) -> redis.Redis | None:
+    """A client of the broker's Redis (with ``broker_use_ssl`` from ``celery.options``), or
+    None when the broker is not a ``redis://`` (or ``rediss://``, ``unix://``) URL."""
+    if scheme(celery.broker_url) not in PLAIN_REDIS:  # amqp://, sentinel://: not here
         return None
-    backend = RedisClient.from_url("celery.result_backend", settings.celery.result_backend)
-    return RedisAccess(backend, problems, key)
+    ssl = celery.options.get("broker_use_ssl")
+    extra: dict[str, Any] = dict(ssl) if isinstance(ssl, dict) else {}
+    if ssl and not isinstance(ssl, dict):
+        extra["ssl"] = True
+    return redis.Redis.from_url(
+        celery.broker_url,
+        socket_timeout=SOCKET_TIMEOUT,
+        socket_connect_timeout=SOCKET_CONNECT_TIMEOUT,
+        **extra,
+    )

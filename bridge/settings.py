@@ -18,6 +18,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from bridge.backend_urls import backend_kind, rate_limit_without_redis
 from bridge.dead_letter_routes import dead_letter_loop
 from bridge.route_settings import BatchSettings, Route, Strict
 from bridge.secrets import mask_text, password_needs_encoding
@@ -96,9 +97,12 @@ class CelerySettings(Strict):
 
     @field_validator("result_backend")
     @classmethod
-    def _redis_backend(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
-            raise ValueError("the bridge watches results in Redis: use a redis:// or rediss:// URL")
+    def _watchable_backend(cls, value: str) -> str:
+        if backend_kind(value) is None:
+            raise ValueError(
+                "the bridge watches results in Redis (redis://, rediss://, sentinel://) or in "
+                "Celery's database backend (db+postgresql://, db+mysql://, db+sqlite://)"
+            )
         return value
 
 
@@ -202,6 +206,16 @@ class Settings(BaseSettings):
                     f"routes.{index}.topic: a second route for topic {route.topic!r}; keep one"
                 )
             seen.add(route.topic)
+        return self
+
+    @model_validator(mode="after")
+    def _rate_limits_have_redis(self) -> Settings:
+        limited = [index for index, route in enumerate(self.routes) if route.rate_limit]
+        problem = rate_limit_without_redis(
+            self.celery.broker_url, self.celery.result_backend, limited
+        )
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")

@@ -1,5 +1,6 @@
 """One real Kafka + Redis per test session, and one shared Celery worker; a RabbitMQ broker
-next to them for the tests that ask for it (``rabbitmq_stack``).
+(``rabbitmq_stack``) and a PostgreSQL result backend (``postgres_node``) next to them for the
+tests that ask for them.
 
 Here at the top of ``tests/`` so the integration and chaos suites share them in one session:
 the stack starts once, on first use (unit tests never ask for it). Tests use unique topic and
@@ -18,6 +19,7 @@ from _pytest.terminal import TerminalReporter
 
 from bridge.stack import LocalStack, StackInfo
 from bridge.stack.paths import StatePaths
+from bridge.stack.postgres import PostgresNode
 from bridge.stack.rabbitmq import RabbitNode
 from tests import figures
 from tests.integration.harness import (
@@ -63,6 +65,17 @@ def rabbitmq_stack(stack: StackInfo, rabbitmq_node: RabbitNode) -> StackInfo:
     """The session's Kafka and Redis (results) with RabbitMQ as the Celery broker: the harness
     helpers (``bridge_config``, ``start_worker``) take it like ``stack``."""
     return dataclasses.replace(stack, rabbitmq_url=rabbitmq_node.url)
+
+
+@pytest.fixture(scope="session")
+def postgres_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresNode]:
+    """A real PostgreSQL (Debian's, installed on demand), started once per session."""
+    node = PostgresNode(StatePaths(tmp_path_factory.mktemp("postgres")), port=free_port())
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
 
 
 @pytest.fixture(scope="session")

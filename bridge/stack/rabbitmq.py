@@ -21,6 +21,7 @@ from pathlib import Path
 
 import amqp  # type: ignore[import-untyped]
 
+from bridge.stack.packages import find_or_install
 from bridge.stack.paths import StatePaths
 from bridge.stack.processes import (
     LOCALHOST,
@@ -45,7 +46,6 @@ DEFAULT_RABBITMQ_PORT = 5672
 READY_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
 PACKAGE = "rabbitmq-server"
-INSTALL_HINT = f"install it with: sudo apt-get install {PACKAGE}"
 #: the real start script; ``/usr/sbin/rabbitmq-server`` is a wrapper that runs it as ``rabbitmq``
 _SCRIPT_LOCATIONS = ("/usr/lib/rabbitmq/bin/rabbitmq-server",)
 
@@ -54,31 +54,10 @@ def _locate() -> str | None:
     return next((p for p in _SCRIPT_LOCATIONS if os.access(p, os.X_OK)), None)
 
 
-def _can_apt_install() -> bool:
-    return os.name == "posix" and os.geteuid() == 0 and shutil.which("apt-get") is not None
-
-
-def _apt_install(progress: Progress) -> None:
-    progress(f"{PACKAGE} not found; installing it with apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", PACKAGE]
-    fix = f"Or {INSTALL_HINT}"
-    try:
-        run_tool(install, f"apt-get install {PACKAGE}", fix, timeout=600, env=env)
-    except StackError:
-        run_tool(["apt-get", "update"], "apt-get update", fix, timeout=600, env=env)
-        run_tool(install, f"apt-get install {PACKAGE}", fix, timeout=600, env=env)
-
-
 def find_rabbitmq_server(progress: Progress | None = None) -> str:
     """The ``rabbitmq-server`` start script; installed with apt-get when missing and root."""
-    found = _locate()
-    if found is None and _can_apt_install():
-        _apt_install(progress or log.info)
-        found = _locate()
-    if found is None:
-        raise StackError(f"{PACKAGE} not found (no {_SCRIPT_LOCATIONS[0]}); {INSTALL_HINT}")
-    return found
+    missing = f"{PACKAGE} not found (no {_SCRIPT_LOCATIONS[0]})"
+    return find_or_install(_locate, PACKAGE, missing, progress or log.info)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.stack import StackInfo, rabbitmq
+from bridge.stack import StackInfo, packages, rabbitmq
 from bridge.stack.manager import StackPorts
 from bridge.stack.paths import StatePaths
 from bridge.stack.processes import StackError
@@ -55,7 +55,7 @@ def test_ports_file_remembers_rabbitmq(tmp_path: Path) -> None:
 
 def test_missing_without_root_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rabbitmq, "_locate", lambda: None)
-    monkeypatch.setattr(rabbitmq, "_can_apt_install", lambda: False)
+    monkeypatch.setattr(packages, "can_apt_install", lambda: False)
     with pytest.raises(StackError, match="sudo apt-get install rabbitmq-server"):
         rabbitmq.find_rabbitmq_server()
 
