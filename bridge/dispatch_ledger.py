@@ -27,6 +27,7 @@ from typing import Any
 
 import redis
 
+from bridge.access_problems import RedisAccess
 from bridge.results import Decoder, TaskEvent, event_from_meta
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,13 @@ class DispatchLedger:
         result_prefix: str | None,
         decode: Decoder,
         markers: bool = True,
+        access: RedisAccess | None = None,
     ) -> None:
         """``result_prefix`` None: markers only (the results are elsewhere, e.g. in a
         database, and this Redis is the broker's)."""
         self._client = client
+        #: where a refused ACL rule is reported with its fix (the ledger still goes on without)
+        self._access = access
         self._result_prefix = result_prefix
         self._decode = decode
         self._markers = markers
@@ -79,7 +83,10 @@ class DispatchLedger:
             replies = pipe.execute() if len(pipe) else []
         except redis.RedisError as exc:
             log.debug("dispatch ledger not read: %r", exc)
+            self._refused(exc, "reading results and dispatch markers")
             return known
+        if self._access is not None:
+            self._access.fine()
         if self._result_prefix is not None:
             self._collect_finals(known, task_ids, replies.pop(0))
         if self._markers:
@@ -124,3 +131,11 @@ class DispatchLedger:
             pipe.execute()
         except redis.RedisError as exc:
             log.debug("dispatch markers not written: %r", exc)
+            self._refused(exc, "writing dispatch markers")
+
+    def _refused(self, exc: BaseException, doing: str) -> None:
+        """Report an access problem (password, certificate, ACL) with its fix."""
+        if self._access is not None:
+            markers = f"{MARKER_PREFIX}*"
+            results = "" if self._result_prefix is None else f"{self._result_prefix}* ~"
+            self._access.check(exc, doing, keys=results + markers)

@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 import redis
 
+from bridge.access_errors import RedisClient
+from bridge.access_problems import AccessProblems, RedisAccess
 from bridge.backend_urls import PLAIN_REDIS, backend_kind, scheme
 from bridge.dispatch_ledger import DispatchLedger, Known
 from bridge.redis_clients import SOCKET_CONNECT_TIMEOUT, SOCKET_TIMEOUT, result_backend_params
@@ -67,11 +69,12 @@ class ResultParts:
     closers: list[Callable[[], None]] = field(default_factory=list)
 
 
-def open_results(settings: Settings, app: Any) -> ResultParts:
-    """The parts for ``celery.result_backend``; raises :class:`ConfigError` naming it."""
+def open_results(settings: Settings, app: Any, access: AccessProblems | None = None) -> ResultParts:
+    """The parts for ``celery.result_backend``; raises :class:`ConfigError` naming it.
+    Refused passwords, certificates and grants go to ``access``."""
     kind = backend_kind(settings.celery.result_backend)
     if kind == "redis":
-        return redis_results(settings, app)
+        return redis_results(settings, app, access)
     if kind == "database":
         return database_results(settings, app)
     raise ConfigError(
@@ -80,7 +83,9 @@ def open_results(settings: Settings, app: Any) -> ResultParts:
     )
 
 
-def redis_results(settings: Settings, app: Any) -> ResultParts:
+def redis_results(
+    settings: Settings, app: Any, access: AccessProblems | None = None
+) -> ResultParts:
     """Pub/sub watcher and ledger on the result backend's Redis, connected as Celery connects
     (TLS parameters, ``redis_backend_use_ssl``; raises ConfigError for what Celery refuses)."""
     backend_params = result_backend_params(app)
@@ -95,12 +100,24 @@ def redis_results(settings: Settings, app: Any) -> ResultParts:
         key_prefix=settings.results.key_prefix,
         reconcile_interval=settings.results.reconcile_interval,
         decoder=decoder,
+        access=_access(access, settings, "redis:results"),
     )
     client = redis_client()
     ledger = DispatchLedger(
-        client, settings.results.key_prefix, decoder, markers=settings.results.dispatch_markers
+        client,
+        settings.results.key_prefix,
+        decoder,
+        markers=settings.results.dispatch_markers,
+        access=_access(access, settings, "redis:ledger"),
     )
     return ResultParts(watcher, ledger, client, [client.close])
+
+
+def _access(problems: AccessProblems | None, settings: Settings, key: str) -> RedisAccess | None:
+    if problems is None:
+        return None
+    backend = RedisClient.from_url("celery.result_backend", settings.celery.result_backend)
+    return RedisAccess(backend, problems, key)
 
 
 def database_results(settings: Settings, app: Any) -> ResultParts:
