@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -40,5 +41,23 @@ def settings_from_env() -> dict[str, Any]:
     }
 
 
+def options_from_env() -> dict[str, Any]:
+    """The bridge's ``celery.options`` (``CKB_CELERY__OPTIONS``, JSON), so one setting serves
+    both: e.g. ``{"broker_transport_options": {"master_name": "mymaster"},
+    "result_backend_transport_options": {"master_name": "mymaster"}}`` for ``sentinel://``."""
+    raw = os.environ.get("CKB_CELERY__OPTIONS")
+    options = json.loads(raw) if raw else {}
+    if not isinstance(options, dict):
+        raise ValueError("CKB_CELERY__OPTIONS must be a JSON object of Celery settings")
+    return options
+
+
 def configure(app: Any) -> None:
-    app.conf.update(settings_from_env())
+    settings = settings_from_env()
+    options = options_from_env()
+    # transport options add to the worker's own (visibility_timeout) instead of replacing them
+    transport = {
+        **settings["broker_transport_options"],
+        **options.pop("broker_transport_options", {}),
+    }
+    app.conf.update({**settings, **options, "broker_transport_options": transport})

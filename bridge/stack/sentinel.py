@@ -61,6 +61,12 @@ class SentinelSet:
             for port in self.sentinel_ports
         ]
 
+    @property
+    def data_nodes(self) -> tuple[RedisNode, RedisNode]:
+        """The Redis servers (first started as master, then as replica), whichever is master
+        now."""
+        return self.master, self.replica
+
     def url(self, db: int) -> str:
         """The ``sentinel://`` URL of database ``db``, as kombu and Celery take it."""
         return ";".join(f"sentinel://{LOCALHOST}:{port}/{db}" for port in self.sentinel_ports)
@@ -115,6 +121,10 @@ class SentinelSet:
             except (redis.RedisError, TypeError, ValueError):
                 continue
         return None
+
+    def failover(self) -> None:
+        """Promote the replica now (``SENTINEL FAILOVER``: no agreement of the others needed)."""
+        self.ask(self.sentinel_ports[0], "SENTINEL", "FAILOVER", self.master_name)
 
     def _settled(self) -> bool:
         """Every sentinel sees the master up, the other sentinels, and one replica in sync."""

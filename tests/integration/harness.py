@@ -216,6 +216,7 @@ def start_worker(
 ) -> Worker:
     """A real ``celery worker`` process; ``env`` adds to (or overrides) :func:`worker_env`."""
     log_path = log_dir / f"worker-{queue}.log"
+    environment = {**worker_env(stack), **(env or {})}
     command = [
         sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue, "-P", pool,
         "-c", str(concurrency), "--loglevel", "WARNING", "-n", f"{queue}@%h",
@@ -225,14 +226,16 @@ def start_worker(
         process = subprocess.Popen(
             command,
             cwd=REPO,
-            env={**worker_env(stack), **(env or {})},
+            env=environment,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
     worker = Worker(process, log_path)
     from celery import Celery
 
-    pinger = Celery(broker=stack.broker_url)
+    # the worker's broker and options (a sentinel:// broker needs its master_name)
+    pinger = Celery(broker=environment["CKB_CELERY__BROKER_URL"])
+    pinger.conf.update(json.loads(environment.get("CKB_CELERY__OPTIONS") or "{}"))
     name = f"{queue}@{socket.gethostname()}"
 
     def ready() -> bool:

@@ -8,6 +8,7 @@ tests/integration/test_sentinel.py runs the bridge on real sentinels.
 
 from __future__ import annotations
 
+import json
 import ssl
 from typing import Any
 
@@ -104,3 +105,28 @@ def test_redis_backend_use_ssl_reaches_the_master_connections() -> None:
     assert isinstance(connection, SentinelManagedConnection)
     assert isinstance(connection, redis.SSLConnection)
     assert connection.cert_reqs == ssl.CERT_REQUIRED
+
+
+def test_the_example_worker_takes_the_bridges_options_from_the_same_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from celery import Celery
+
+    from tasks.celeryconfig import configure
+
+    options = {
+        "broker_transport_options": {"master_name": "primary"},
+        "result_backend_transport_options": {"master_name": "primary"},
+    }
+    monkeypatch.setenv("CKB_CELERY__BROKER_URL", URL)
+    monkeypatch.setenv("CKB_CELERY__OPTIONS", json.dumps(options))
+    monkeypatch.setenv("CKB_WORKER_VISIBILITY_TIMEOUT", "120")
+    app = Celery("worker")
+    configure(app)
+    assert app.conf.broker_url == URL
+    # added to the worker's own transport options, not in their place
+    assert app.conf.broker_transport_options == {
+        "visibility_timeout": 120,
+        "master_name": "primary",
+    }
+    assert app.conf.result_backend_transport_options == {"master_name": "primary"}
