@@ -26,7 +26,11 @@ from bridge.access_errors import RedisClient
 from bridge.access_problems import AccessProblems, RedisAccess
 from bridge.backend_urls import PLAIN_REDIS, backend_kind, scheme
 from bridge.dispatch_ledger import DispatchLedger, Known
-from bridge.redis_clients import SOCKET_CONNECT_TIMEOUT, SOCKET_TIMEOUT, result_backend_params
+from bridge.redis_clients import (
+    SOCKET_CONNECT_TIMEOUT,
+    SOCKET_TIMEOUT,
+    result_backend_clients,
+)
 from bridge.results import ResultWatcher, TaskEvent, json_decoder
 from bridge.settings import CelerySettings, ConfigError, Settings
 
@@ -88,10 +92,8 @@ def redis_results(
 ) -> ResultParts:
     """Pub/sub watcher and ledger on the result backend's Redis, connected as Celery connects
     (TLS parameters, ``redis_backend_use_ssl``; raises ConfigError for what Celery refuses)."""
-    backend_params = result_backend_params(app)
-
-    def redis_client() -> redis.Redis:
-        return redis.Redis(connection_pool=redis.ConnectionPool(**backend_params))
+    # a new client per call; on sentinel:// each asks the sentinels for the current master
+    redis_client = result_backend_clients(app)
 
     # plain json.loads reads every field the bridge uses, at a fraction of Celery's decode cost
     decoder = json_decoder if app.conf.result_serializer == "json" else app.backend.decode
