@@ -29,7 +29,7 @@ from rich.table import Table
 from bridge.core.vocabulary import Outcome
 from bridge.logging_setup import configure_logging
 from bridge.service import Bridge, build_bridge
-from bridge.settings import Settings
+from bridge.settings import ConfigError, Settings
 from bridge.stack import LocalStack, StackError, StackInfo
 from bridge.stack.credentials import write_private
 from bridge.stack.kafka_acls import ADMIN_USER, DLQ_PREFIX, SOURCE_PREFIX
@@ -74,7 +74,7 @@ def demo_settings(info: StackInfo, topic: str, group: str) -> Settings:
         "kafka": {"bootstrap_servers": info.kafka_bootstrap, "group_id": group},
         "celery": {
             "broker_url": info.broker_url,
-            "result_backend": f"{info.redis_url}/1",
+            "result_backend": info.result_backend,
         },
         "routes": [route],
         "results": {"reconcile_interval": 2.0},
@@ -114,7 +114,7 @@ def start_worker(info: StackInfo, log_path: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "CKB_CELERY__BROKER_URL": info.broker_url,
-        "CKB_CELERY__RESULT_BACKEND": f"{info.redis_url}/1",
+        "CKB_CELERY__RESULT_BACKEND": info.result_backend,
     }
     if info.secure is not None:
         env.update(info.secure.worker_env())
@@ -219,10 +219,13 @@ def run_demo(
     flower_port: int | None = None,
     rabbitmq_port: int | None = None,
     secure: bool = False,
+    postgres_port: int | None = None,
 ) -> None:
     console = Console()
     configure_logging("WARNING")
-    stack = LocalStack(state_dir, kafka_port, redis_port, flower_port, rabbitmq_port, secure)
+    stack = LocalStack(
+        state_dir, kafka_port, redis_port, flower_port, rabbitmq_port, secure, postgres_port
+    )
     was_running = stack.status()["kafka"]["running"]
     try:
         info = stack.up(progress=lambda line: console.print(f"[dim]{line}[/]"))
@@ -257,6 +260,8 @@ def run_demo(
         summary(console, run, bridge, time.monotonic() - started, info.flower_url)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: stopping what the demo started[/]")
+    except ConfigError as exc:  # e.g. --backend postgres without the ckb[postgres] extra
+        raise DemoError(str(exc)) from None
     finally:
         if bridge is not None and thread is not None:
             bridge.stop()

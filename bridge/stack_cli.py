@@ -40,11 +40,31 @@ secure_option = click.option(
     is_flag=True,
     help="Kafka on SASL_SSL with ACLs, Redis on TLS with ACL users; a mode of the state dir.",
 )
+backend_option = click.option(
+    "--backend",
+    type=click.Choice(["redis", "postgres"]),
+    default="redis",
+    show_default=True,
+    help="The Celery result backend: Redis (database 1) or a local PostgreSQL (db+postgresql).",
+)
+postgres_port_option = click.option(
+    "--postgres-port",
+    type=int,
+    help="Port of PostgreSQL (default 5432); implies --backend postgres.",
+)
 rabbitmq_port_option = click.option(
     "--rabbitmq-port",
     type=int,
     help="AMQP port of RabbitMQ (default 5672); implies --broker rabbitmq.",
 )
+
+
+def _postgres_port(backend: str, port: int | None) -> int | None:
+    from bridge.stack.postgres import DEFAULT_POSTGRES_PORT
+
+    if port is None and backend == "postgres":
+        return DEFAULT_POSTGRES_PORT
+    return port
 
 
 def _rabbitmq_port(broker: str, port: int | None) -> int | None:
@@ -60,6 +80,8 @@ def _rabbitmq_port(broker: str, port: int | None) -> int | None:
 @click.option("--redis-port", type=int, default=6379, show_default=True)
 @broker_option
 @rabbitmq_port_option
+@backend_option
+@postgres_port_option
 @flower_option
 @flower_port_option
 @state_dir_option
@@ -69,6 +91,8 @@ def stack_up(
     redis_port: int,
     broker: str,
     rabbitmq_port: int | None,
+    backend: str,
+    postgres_port: int | None,
     flower: bool,
     flower_port: int | None,
     state_dir: Path | None,
@@ -84,6 +108,7 @@ def stack_up(
         flower_port=flower_port_for(flower, flower_port),
         rabbitmq_port=_rabbitmq_port(broker, rabbitmq_port),
         secure=secure,
+        postgres_port=_postgres_port(backend, postgres_port),
     )
     try:
         info = local.up(progress=lambda line: click.echo(line, err=True))
@@ -92,6 +117,8 @@ def stack_up(
     click.echo(f"kafka: {info.kafka_bootstrap}\nredis: {info.redis_url}")
     if info.rabbitmq_url is not None:
         click.echo(f"rabbitmq: {info.rabbitmq_url}")
+    if info.postgres_url is not None:
+        click.echo(f"postgres: {info.postgres_url} (result backend {info.result_backend})")
     if info.flower_url is not None:
         click.echo(f"flower: {info.flower_url}")
     if info.secure is not None:
@@ -122,9 +149,9 @@ def stack_status(state_dir: Path | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    for name in ("kafka", "redis", "rabbitmq", "flower"):
+    for name in ("kafka", "redis", "rabbitmq", "postgres", "flower"):
         part = report[name]
-        if name in ("rabbitmq", "flower") and not part["url"]:
+        if name in ("rabbitmq", "postgres", "flower") and not part["url"]:
             continue
         where = part.get("bootstrap") or part.get("url")
         state = "running" if part["running"] else "stopped"
@@ -142,6 +169,8 @@ def stack_status(state_dir: Path | None, as_json: bool) -> None:
 @click.option("--keep-stack", is_flag=True, help="Leave Kafka and Redis running afterwards.")
 @broker_option
 @rabbitmq_port_option
+@backend_option
+@postgres_port_option
 @flower_option
 @flower_port_option
 @secure_option
@@ -154,6 +183,8 @@ def demo(
     keep_stack: bool,
     broker: str,
     rabbitmq_port: int | None,
+    backend: str,
+    postgres_port: int | None,
     flower: bool,
     flower_port: int | None,
     secure: bool,
@@ -173,6 +204,7 @@ def demo(
             flower_port=flower_port_for(flower, flower_port),
             rabbitmq_port=_rabbitmq_port(broker, rabbitmq_port),
             secure=secure,
+            postgres_port=_postgres_port(backend, postgres_port),
         )
     except DemoError as exc:
         fail(str(exc))

@@ -1,8 +1,9 @@
-"""``LocalStack``: a local Kafka (KRaft) + Redis pair, optionally RabbitMQ (the broker) and
-Flower, in one state dir."""
+"""``LocalStack``: a local Kafka (KRaft) + Redis pair, optionally RabbitMQ (the broker),
+PostgreSQL (the result backend) and Flower, in one state dir."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from bridge.stack.ports import (
     controller_port_from_properties,
     pick_controller_port,
 )
+from bridge.stack.postgres import PostgresNode
 from bridge.stack.processes import (
     LOCALHOST,
     StackError,
@@ -42,7 +44,8 @@ class LocalStack:
     """Start, stop and inspect the local Kafka + Redis (+ Flower) of one state directory.
 
     ``flower_port`` asks ``up`` for Flower too, ``rabbitmq_port`` for RabbitMQ (then the
-    Celery broker); without them ``up`` leaves a running Flower or RabbitMQ be.
+    Celery broker), ``postgres_port`` for PostgreSQL (then the result backend); without them
+    ``up`` leaves a running Flower, RabbitMQ or PostgreSQL be.
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class LocalStack:
         flower_port: int | None = None,
         rabbitmq_port: int | None = None,
         secure: bool = False,
+        postgres_port: int | None = None,
     ) -> None:
         root = default_state_dir() if state_dir is None else Path(state_dir)
         self.state_dir = root.expanduser().resolve()
@@ -61,6 +65,7 @@ class LocalStack:
         self.redis_port = redis_port
         self.flower_port = flower_port
         self.rabbitmq_port = rabbitmq_port
+        self.postgres_port = postgres_port
         # a state dir once secured stays secured (its Kafka storage holds the SCRAM users)
         setup = SecureSetup(self.state_dir)
         self.asked_secure = secure
@@ -79,6 +84,10 @@ class LocalStack:
             rabbit = self._rabbit(ports)
             if rabbit is not None:
                 self._ensure_rabbitmq(rabbit, report)
+            postgres = self._postgres(ports)
+            if postgres is not None and postgres.pid() is None:
+                self._check_free("PostgreSQL", postgres.port, "--postgres-port")
+                postgres.start(report)
             self._ensure_kafka(self._kafka(ports), report)
             flower = self._flower(ports)
             if flower is not None:
@@ -102,6 +111,9 @@ class LocalStack:
             rabbit = self._rabbit(ports)
             if rabbit is not None:
                 rabbit.stop()
+            postgres = self._postgres(ports)
+            if postgres is not None:
+                postgres.stop()
             self._redis(ports).stop()
 
     def status(self) -> dict[str, Any]:
@@ -121,6 +133,7 @@ class LocalStack:
             },
             "flower": self._flower_status(ports),
             "rabbitmq": self._rabbitmq_status(ports),
+            "postgres": PostgresNode.status_of(self._postgres(ports)),
             "state_dir": str(self.state_dir),
         }
 
@@ -178,7 +191,9 @@ class LocalStack:
 
     def _check_mode(self, ports: StackPorts) -> None:
         if self.secure is not None:
-            extras = ports.flower is not None or ports.rabbitmq is not None
+            extras = any(
+                port is not None for port in (ports.flower, ports.rabbitmq, ports.postgres)
+            )
             self.secure.check(self.asked_secure, is_formatted(self.paths.kafka_data), extras)
 
     def _flower(self, ports: StackPorts) -> FlowerNode | None:
@@ -192,6 +207,10 @@ class LocalStack:
         if ports.rabbitmq is None or ports.rabbitmq_dist is None or ports.epmd is None:
             return None
         return RabbitNode(self.paths, ports.rabbitmq, ports.rabbitmq_dist, ports.epmd)
+
+    def _postgres(self, ports: StackPorts | None) -> PostgresNode | None:
+        port = None if ports is None else ports.postgres
+        return None if port is None else PostgresNode(self.paths, port)
 
     def _rabbitmq_status(self, ports: StackPorts) -> dict[str, Any]:
         rabbit = self._rabbit(ports)
@@ -212,7 +231,7 @@ class LocalStack:
         }
 
     def _info(self, ports: StackPorts) -> StackInfo:
-        flower, rabbit = self._flower(ports), self._rabbit(ports)
+        flower, rabbit, postgres = self._flower(ports), self._rabbit(ports), self._postgres(ports)
         bootstrap = f"{LOCALHOST}:{ports.kafka}"
         secure = None if self.secure is None else SecureClients(self.secure, bootstrap, ports.redis)
         return StackInfo(
@@ -222,6 +241,7 @@ class LocalStack:
             state_dir=self.state_dir,
             flower_url=None if flower is None else flower.url,
             rabbitmq_url=None if rabbit is None else rabbit.url,
+            postgres_url=None if postgres is None else postgres.url,
         )
 
     def _known_ports(self) -> StackPorts:
@@ -256,7 +276,12 @@ class LocalStack:
             self._check_free("Redis", self.redis_port, "--redis-port")
         flower = self._plan_flower(saved, controller)
         rabbit = self._plan_rabbitmq(saved, (controller, flower))
-        return StackPorts(self.kafka_port, controller, self.redis_port, flower, *rabbit)
+        taken = (self.kafka_port, self.redis_port, controller, flower, *rabbit)
+        postgres = self._plan_port(
+            "PostgreSQL", "--postgres-port", self._postgres(saved), self.postgres_port, taken
+        )
+        ports = StackPorts(self.kafka_port, controller, self.redis_port, flower, *rabbit)
+        return dataclasses.replace(ports, postgres=postgres)
 
     def _plan_rabbitmq(
         self, saved: StackPorts | None, taken: tuple[int | None, ...]
@@ -279,21 +304,24 @@ class LocalStack:
         return self.rabbitmq_port, free_port(), free_port()
 
     def _plan_flower(self, saved: StackPorts | None, controller: int) -> int | None:
-        """A running Flower keeps its port (asked for or not); else the one asked for, if any."""
         running = self._flower(saved) if saved is not None else None
+        taken = (self.kafka_port, self.redis_port, controller)
+        return self._plan_port("Flower", "--flower-port", running, self.flower_port, taken)
+
+    def _plan_port(
+        self, name: str, flag: str, running: Any, wanted: int | None, taken: tuple[int | None, ...]
+    ) -> int | None:
+        """A running node keeps its port; else the one asked for (if any), when free."""
         if running is not None and running.running():
-            if self.flower_port is not None:
-                self._check_same("Flower", running.port, self.flower_port, "--flower-port")
-            return running.port
-        if self.flower_port is None:
+            if wanted is not None:
+                self._check_same(name, running.port, wanted, flag)
+            return int(running.port)
+        if wanted is None:
             return None
-        if self.flower_port in (self.kafka_port, self.redis_port, controller):
-            raise StackError(
-                f"Flower cannot share port {self.flower_port} with Kafka or Redis; "
-                "choose another with --flower-port N"
-            )
-        self._check_free("Flower", self.flower_port, "--flower-port")
-        return self.flower_port
+        if wanted in taken:
+            raise StackError(f"{name} cannot share port {wanted}; choose another with {flag} N")
+        self._check_free(name, wanted, flag)
+        return wanted
 
     def _check_same(self, name: str, running: int, wanted: int, flag: str) -> None:
         if running != wanted:

@@ -25,11 +25,18 @@ class StackInfo:
     rabbitmq_url: str | None = None
     #: the users, passwords and certificates of a secured stack (``ckb stack up --secure``)
     secure: SecureClients | None = None
+    #: SQLAlchemy's URL of PostgreSQL, when the stack runs it as the result backend
+    postgres_url: str | None = None
 
     @property
     def broker_url(self) -> str:
         """The Celery broker: RabbitMQ when the stack runs it, else Redis database 0."""
         return self.rabbitmq_url or f"{self.redis_url}/0"
+
+    @property
+    def result_backend(self) -> str:
+        """Celery's result backend: PostgreSQL when the stack runs it, else Redis database 1."""
+        return f"db+{self.postgres_url}" if self.postgres_url else f"{self.redis_url}/1"
 
 
 @dataclass(frozen=True)
@@ -44,12 +51,15 @@ class StackPorts:
     rabbitmq: int | None = None
     rabbitmq_dist: int | None = None
     epmd: int | None = None
+    #: PostgreSQL (the result backend); None: no PostgreSQL here
+    postgres: int | None = None
 
     @classmethod
     def from_file(cls, path: Path) -> StackPorts | None:
         try:
             data = json.loads(path.read_text())
-            optional = [data.get(k) for k in ("flower", "rabbitmq", "rabbitmq_dist", "epmd")]
+            names = ("flower", "rabbitmq", "rabbitmq_dist", "epmd", "postgres")
+            optional = [data.get(k) for k in names]
             return cls(
                 int(data["kafka"]),
                 int(data["controller"]),

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bridge.stack.packages import find_or_install
 from bridge.stack.paths import StatePaths
@@ -35,6 +36,7 @@ from bridge.stack.processes import (
     alive,
     format_tails,
     is_running,
+    port_accepts,
     run_tool,
     spawn_detached,
     terminate,
@@ -126,6 +128,13 @@ class PostgresNode:
 
     def running(self) -> bool:
         return self.pid() is not None
+
+    @staticmethod
+    def status_of(node: PostgresNode | None) -> dict[str, Any]:
+        """``ckb stack status``'s entry (``url`` None: the stack has no PostgreSQL)."""
+        pid = None if node is None else node.pid()
+        running = node is not None and pid is not None and port_accepts(node.port)
+        return {"running": running, "url": None if node is None else node.url, "pid": pid}
 
     def answers(self, timeout: float = 1.0) -> bool:
         """Whether the server accepts connections (``pg_isready``)."""
