@@ -358,6 +358,9 @@ class Scenario:
         self.producer.wait(timeout)
 
     def executed(self) -> int:
+        """Record runs so far (a batch task's line counts each of its records)."""
+        if self.route.get("batch"):
+            return sum(len(run["payloads"]) for run in self.recorder.of(self.topic))
         return self.recorder.count(self.topic)
 
     def owners(self) -> list[set[int]] | None:
@@ -443,10 +446,24 @@ class Scenario:
     def _executions(self) -> list[Execution]:
         runs = []
         for run in self.recorder.of(self.topic):
+            if "payloads" in run:  # a batch task (``it.batch``): one run of each member record
+                runs.extend(self._batch_members(run))
+                continue
             payload = run.get("payload")
             n = payload.get("n") if isinstance(payload, dict) else None
             runs.append(Execution(int(run["ckb_partition"]), int(run["ckb_offset"]), run["end"], n))
         return runs
+
+    def _batch_members(self, run: dict[str, Any]) -> list[Execution]:
+        """A batch's members, found by their record numbers."""
+        assert self.producer is not None
+        members = []
+        for payload in run["payloads"]:
+            n = int(payload["n"])
+            partition, offset = self.producer.offsets[n]
+            assert partition == int(run["ckb_partition"]), f"record {n} in another's batch"
+            members.append(Execution(partition, offset, float(run["end"]), n))
+        return members
 
     def _exit_code_violations(self) -> list[str]:
         bad = {name: code for name, code in self.fleet.exit_codes.items() if code not in (0, -9)}
