@@ -243,3 +243,23 @@ def test_core_path_dead_letters_status_and_no_password_anywhere(
         f"secured stack core path: {total} records ({len(failing)} dead-lettered), "
         f"{partitions} partitions, SASL_SSL + TLS Redis, committed in {elapsed:.1f}s"
     )
+
+
+def test_stack_up_secure_prints_the_settings_and_no_password(
+    secure_stack: StackInfo, clients: SecureClients
+) -> None:
+    """``ckb stack up --secure`` again on the running stack: idempotent, the client settings
+    printed with every password masked; the complete files only its owner may read."""
+    kafka_port = secure_stack.kafka_bootstrap.rpartition(":")[2]
+    command = [sys.executable, "-m", "bridge", "stack", "up", "--secure",
+               "--state-dir", str(secure_stack.state_dir), "--kafka-port", kafka_port,
+               "--redis-port", str(clients.redis_port)]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "sasl.username: ckb-bridge" in done.stdout
+    assert f"rediss://ckb-bridge:****@127.0.0.1:{clients.redis_port}/0" in done.stdout
+    printed = done.stdout + done.stderr
+    assert not [s[:4] for s in clients.setup.credentials.known() if s in printed]
+    for path in (clients.bridge_file, clients.worker_file, clients.replay_file):
+        assert path.stat().st_mode & 0o077 == 0, f"{path} readable by others"
+    assert clients.setup.kafka_password("ckb-bridge") in clients.bridge_file.read_text()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+import pytest
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AclOperation,
     ResourcePatternType,
@@ -14,6 +15,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 
 from bridge.stack.credentials import Credentials
 from bridge.stack.kafka_acls import BRIDGE_USER, DLQ_PREFIX, acl_bindings, bridge_grants
+from bridge.stack.processes import StackError
 from bridge.stack.redis_acl import RULES, acl_file_text, password_hash
 from bridge.stack.secure import SecureClients, SecureSetup
 
@@ -71,3 +73,12 @@ def test_what_is_printed_masks_every_password_and_the_files_are_private(tmp_path
     assert setup.kafka_password("ckb-bridge") in clients.bridge_file.read_text()
     assert mode(clients.bridge_file) == mode(clients.worker_file) == 0o600
     assert setup.redact(f"x{setup.redis_password('ckb-worker')}y") == "x****y"
+
+
+def test_a_plain_stack_is_not_secured_in_place_and_extras_are_refused(tmp_path: Path) -> None:
+    setup = SecureSetup(tmp_path)
+    with pytest.raises(StackError, match="--state-dir"):
+        setup.check(asked=True, formatted=True, extras=False)
+    with pytest.raises(StackError, match="--flower and --broker"):
+        setup.check(asked=True, formatted=False, extras=True)
+    assert not setup.secrets_dir.exists()
