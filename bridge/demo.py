@@ -75,6 +75,7 @@ def demo_settings(info: StackInfo, topic: str, group: str) -> Settings:
         "celery": {
             "broker_url": info.broker_url,
             "result_backend": info.result_backend,
+            "options": info.celery_options,  # a sentinel:// URL's master_name
         },
         "routes": [route],
         "results": {"reconcile_interval": 2.0},
@@ -115,6 +116,7 @@ def start_worker(info: StackInfo, log_path: Path) -> subprocess.Popen[bytes]:
         **os.environ,
         "CKB_CELERY__BROKER_URL": info.broker_url,
         "CKB_CELERY__RESULT_BACKEND": info.result_backend,
+        "CKB_CELERY__OPTIONS": json.dumps(info.celery_options),
     }
     if info.secure is not None:
         env.update(info.secure.worker_env())
@@ -220,11 +222,19 @@ def run_demo(
     rabbitmq_port: int | None = None,
     secure: bool = False,
     postgres_port: int | None = None,
+    sentinel: bool = False,
 ) -> None:
     console = Console()
     configure_logging("WARNING")
     stack = LocalStack(
-        state_dir, kafka_port, redis_port, flower_port, rabbitmq_port, secure, postgres_port
+        state_dir,
+        kafka_port,
+        redis_port,
+        flower_port,
+        rabbitmq_port,
+        secure,
+        postgres_port,
+        sentinel=sentinel,
     )
     was_running = stack.status()["kafka"]["running"]
     try:

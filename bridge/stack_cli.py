@@ -30,10 +30,11 @@ flower_option = click.option("--flower", is_flag=True, help="Also start Flower o
 flower_port_option = click.option("--flower-port", type=int, help="Default 5555; implies --flower.")
 broker_option = click.option(
     "--broker",
-    type=click.Choice(["redis", "rabbitmq"]),
+    type=click.Choice(["redis", "rabbitmq", "sentinel"]),
     default="redis",
     show_default=True,
-    help="The Celery broker: Redis (database 0) or a local RabbitMQ; results stay in Redis.",
+    help="The Celery broker: Redis (database 0), a local RabbitMQ, or Redis behind a local "
+    "Sentinel set (a replica, three sentinels; results through it too: sentinel://).",
 )
 secure_option = click.option(
     "--secure",
@@ -65,6 +66,14 @@ def _postgres_port(backend: str, port: int | None) -> int | None:
     if port is None and backend == "postgres":
         return DEFAULT_POSTGRES_PORT
     return port
+
+
+def _celery(info: Any) -> str:
+    """The bridge's ``celery`` section for the stack ``info`` describes, as YAML."""
+    import yaml
+
+    section = {"broker_url": info.broker_url, "result_backend": info.result_backend}
+    return yaml.safe_dump({"celery": {**section, "options": info.celery_options}}, sort_keys=False)
 
 
 def _rabbitmq_port(broker: str, port: int | None) -> int | None:
@@ -109,6 +118,7 @@ def stack_up(
         rabbitmq_port=_rabbitmq_port(broker, rabbitmq_port),
         secure=secure,
         postgres_port=_postgres_port(backend, postgres_port),
+        sentinel=broker == "sentinel",
     )
     try:
         info = local.up(progress=lambda line: click.echo(line, err=True))
@@ -123,6 +133,11 @@ def stack_up(
         click.echo(f"flower: {info.flower_url}")
     if info.secure is not None:
         click.echo(f"\nclient settings (secured stack):\n{info.secure.summary()}", nl=False)
+    if info.sentinel is not None:
+        click.echo(
+            "\nclient settings (the workers take the same: CKB_CELERY__BROKER_URL, "
+            f"CKB_CELERY__RESULT_BACKEND, CKB_CELERY__OPTIONS as JSON):\n{_celery(info)}"
+        )
 
 
 @stack.command("down")
@@ -149,9 +164,9 @@ def stack_status(state_dir: Path | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    for name in ("kafka", "redis", "rabbitmq", "postgres", "flower"):
+    for name in ("kafka", "redis", "sentinel", "rabbitmq", "postgres", "flower"):
         part = report[name]
-        if name in ("rabbitmq", "postgres", "flower") and not part["url"]:
+        if name in ("sentinel", "rabbitmq", "postgres", "flower") and not part["url"]:
             continue
         where = part.get("bootstrap") or part.get("url")
         state = "running" if part["running"] else "stopped"
@@ -205,6 +220,7 @@ def demo(
             rabbitmq_port=_rabbitmq_port(broker, rabbitmq_port),
             secure=secure,
             postgres_port=_postgres_port(backend, postgres_port),
+            sentinel=broker == "sentinel",
         )
     except DemoError as exc:
         fail(str(exc))

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bridge.stack import sentinel as stack_sentinel
 from bridge.stack.flower import FlowerNode
 from bridge.stack.kafka import KafkaNode, is_formatted
 from bridge.stack.paths import StatePaths, default_state_dir
@@ -45,7 +46,8 @@ class LocalStack:
 
     ``flower_port`` asks ``up`` for Flower too, ``rabbitmq_port`` for RabbitMQ (then the
     Celery broker), ``postgres_port`` for PostgreSQL (then the result backend); without them
-    ``up`` leaves a running Flower, RabbitMQ or PostgreSQL be.
+    ``up`` leaves a running Flower, RabbitMQ or PostgreSQL be. ``sentinel`` asks for a Redis
+    Sentinel set around the stack's Redis (:mod:`bridge.stack.sentinel`).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class LocalStack:
         rabbitmq_port: int | None = None,
         secure: bool = False,
         postgres_port: int | None = None,
+        sentinel: bool = False,
     ) -> None:
         root = default_state_dir() if state_dir is None else Path(state_dir)
         self.state_dir = root.expanduser().resolve()
@@ -66,6 +69,7 @@ class LocalStack:
         self.flower_port = flower_port
         self.rabbitmq_port = rabbitmq_port
         self.postgres_port = postgres_port
+        self.sentinel = sentinel  # a Sentinel set around the stack's Redis (the master)
         # a state dir once secured stays secured (its Kafka storage holds the SCRAM users)
         setup = SecureSetup(self.state_dir)
         self.asked_secure = secure
@@ -81,6 +85,9 @@ class LocalStack:
             self._check_mode(ports)
             ports.save(self.paths.stack_file)
             self._ensure_redis(self._redis(ports), report)
+            stack_sentinel.ensure_stack_sentinels(
+                self.paths, self._redis(ports), self.sentinel, report
+            )
             rabbit = self._rabbit(ports)
             if rabbit is not None:
                 self._ensure_rabbitmq(rabbit, report)
@@ -114,6 +121,7 @@ class LocalStack:
             postgres = self._postgres(ports)
             if postgres is not None:
                 postgres.stop()
+            stack_sentinel.stop_stack_sentinels(self.paths, self._redis(ports))
             self._redis(ports).stop()
 
     def status(self) -> dict[str, Any]:
@@ -131,8 +139,9 @@ class LocalStack:
                 "url": redis_node.url,
                 "pid": redis_pid,
             },
-            "flower": self._flower_status(ports),
-            "rabbitmq": self._rabbitmq_status(ports),
+            "flower": _status_of(self._flower(ports)),
+            "rabbitmq": _status_of(self._rabbit(ports)),
+            "sentinel": stack_sentinel.sentinel_status(self.paths, redis_node),
             "postgres": PostgresNode.status_of(self._postgres(ports)),
             "state_dir": str(self.state_dir),
         }
@@ -212,24 +221,6 @@ class LocalStack:
         port = None if ports is None else ports.postgres
         return None if port is None else PostgresNode(self.paths, port)
 
-    def _rabbitmq_status(self, ports: StackPorts) -> dict[str, Any]:
-        rabbit = self._rabbit(ports)
-        pid = None if rabbit is None else rabbit.pid()
-        return {
-            "running": rabbit is not None and pid is not None and port_accepts(rabbit.port),
-            "url": None if rabbit is None else rabbit.url,
-            "pid": pid,
-        }
-
-    def _flower_status(self, ports: StackPorts) -> dict[str, Any]:
-        flower = self._flower(ports)
-        pid = None if flower is None else flower.pid()
-        return {
-            "running": flower is not None and pid is not None and port_accepts(flower.port),
-            "url": None if flower is None else flower.url,
-            "pid": pid,
-        }
-
     def _info(self, ports: StackPorts) -> StackInfo:
         flower, rabbit, postgres = self._flower(ports), self._rabbit(ports), self._postgres(ports)
         bootstrap = f"{LOCALHOST}:{ports.kafka}"
@@ -242,6 +233,7 @@ class LocalStack:
             flower_url=None if flower is None else flower.url,
             rabbitmq_url=None if rabbit is None else rabbit.url,
             postgres_url=None if postgres is None else postgres.url,
+            sentinel=stack_sentinel.running_sentinels(self.paths, self._redis(ports)),
         )
 
     def _known_ports(self) -> StackPorts:
@@ -396,3 +388,10 @@ class LocalStack:
             node.start(report)
         elif not node.answers(timeout=2.0):
             node.wait_ready(pid)
+
+
+def _status_of(node: FlowerNode | RabbitNode | None) -> dict[str, Any]:
+    """Whether an optional node (Flower, RabbitMQ) runs and answers, its URL and pid."""
+    pid = None if node is None else node.pid()
+    running = node is not None and pid is not None and port_accepts(node.port)
+    return {"running": running, "url": None if node is None else node.url, "pid": pid}

@@ -7,9 +7,11 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from bridge.stack.processes import free_port, port_in_use
 from bridge.stack.secure import SecureClients
+from bridge.stack.sentinel import SentinelClients
 
 CONTROLLER_PORT_OFFSET = 1000
 _CONTROLLER_LINE = re.compile(r"^controller\.quorum\.bootstrap\.servers=.*:(\d+)\s*$", re.M)
@@ -27,16 +29,30 @@ class StackInfo:
     secure: SecureClients | None = None
     #: SQLAlchemy's URL of PostgreSQL, when the stack runs it as the result backend
     postgres_url: str | None = None
+    #: the Sentinel set around the stack's Redis, when it runs (``--broker sentinel``)
+    sentinel: SentinelClients | None = None
 
     @property
     def broker_url(self) -> str:
-        """The Celery broker: RabbitMQ when the stack runs it, else Redis database 0."""
-        return self.rabbitmq_url or f"{self.redis_url}/0"
+        """The Celery broker: RabbitMQ when the stack runs it, else Redis database 0 (through
+        the sentinels when they run)."""
+        return self.rabbitmq_url or self._redis_db(0)
 
     @property
     def result_backend(self) -> str:
         """Celery's result backend: PostgreSQL when the stack runs it, else Redis database 1."""
-        return f"db+{self.postgres_url}" if self.postgres_url else f"{self.redis_url}/1"
+        return f"db+{self.postgres_url}" if self.postgres_url else self._redis_db(1)
+
+    @property
+    def celery_options(self) -> dict[str, Any]:
+        """The Celery settings these URLs need (a ``sentinel://`` URL's ``master_name``)."""
+        needed = self.sentinel.options if self.sentinel is not None else {}
+        urls = {"broker_transport_options": self.broker_url}
+        urls["result_backend_transport_options"] = self.result_backend
+        return {key: value for key, value in needed.items() if urls[key].startswith("sentinel:")}
+
+    def _redis_db(self, db: int) -> str:
+        return f"{self.redis_url}/{db}" if self.sentinel is None else self.sentinel.url(db)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,10 @@ tests/integration/test_sentinel.py runs the bridge on real sentinels.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +23,10 @@ from bridge.redis_clients import SOCKET_TIMEOUT, result_backend_client
 from bridge.secrets import mask_text
 from bridge.sentinel import sentinel_problems, uses_sentinel
 from bridge.settings import CelerySettings
+from bridge.stack import StackInfo
+from bridge.stack.paths import StatePaths
+from bridge.stack.redis_server import RedisNode
+from bridge.stack.sentinel import MASTER_NAME, SentinelClients, stack_sentinels
 
 URL = "sentinel://:pw@10.0.0.1:26379/3;sentinel://10.0.0.2:26380/3"
 OPTIONS = {"result_backend_transport_options": {"master_name": "primary"}}
@@ -130,3 +136,33 @@ def test_the_example_worker_takes_the_bridges_options_from_the_same_variable(
         "master_name": "primary",
     }
     assert app.conf.result_backend_transport_options == {"master_name": "primary"}
+
+
+def test_the_stacks_sentinel_set_is_recorded_once_and_found_again(tmp_path: Path) -> None:
+    paths = StatePaths(tmp_path)
+    master = RedisNode(paths, 16379)
+    assert stack_sentinels(paths, master) is None, "none recorded, none asked for"
+    made = stack_sentinels(paths, master, create=True)
+    assert made is not None and made.master is master
+    ports = {made.replica_port, *made.sentinel_ports, master.port}
+    assert len(ports) == 5, "every member on a port of its own"
+    again = stack_sentinels(paths, master, create=True)
+    assert again == made, "up again: the same ports, not new ones"
+    clients = made.clients
+    assert clients.url(1).count("sentinel://") == 3 and clients.url(1).endswith("/1")
+    assert clients.options["result_backend_transport_options"] == {"master_name": MASTER_NAME}
+
+
+def test_the_stack_info_gives_sentinel_urls_and_only_the_options_they_need() -> None:
+    clients = SentinelClients((26379, 26380, 26381))
+    base = StackInfo("127.0.0.1:9092", "redis://127.0.0.1:6379", Path("/s"), sentinel=clients)
+    assert base.broker_url == clients.url(0) and base.result_backend == clients.url(1)
+    assert set(base.celery_options) == {
+        "broker_transport_options",
+        "result_backend_transport_options",
+    }
+    on_postgres = dataclasses.replace(base, postgres_url="postgresql://u@127.0.0.1:5432/ckb")
+    assert on_postgres.result_backend.startswith("db+postgresql://")
+    assert set(on_postgres.celery_options) == {"broker_transport_options"}
+    plain = dataclasses.replace(base, sentinel=None)
+    assert plain.broker_url == "redis://127.0.0.1:6379/0" and plain.celery_options == {}
