@@ -14,8 +14,10 @@ PLAIN_REDIS = ("redis", "rediss", "unix")
 #: Celery's SQLAlchemy result backend: ``db+<dialect>[+driver]://``; the bridge reads it with
 #: the same SQLAlchemy dialects (the driver is an extra: ``ckb[postgres]``)
 DATABASE_DIALECTS = ("postgresql", "mysql", "sqlite")
+#: a RabbitMQ broker (kombu's py-amqp transports): the only broker ``rpc://`` replies through
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 
-BackendKind = Literal["redis", "database"]
+BackendKind = Literal["redis", "database", "rpc"]
 
 
 def scheme(url: str) -> str:
@@ -29,11 +31,24 @@ def backend_kind(url: str) -> BackendKind | None:
         return "redis"
     if name.startswith("db+") and name[3:].split("+", 1)[0] in DATABASE_DIALECTS:
         return "database"
+    if name == "rpc":  # replies on the broker, to the queue each task message names
+        return "rpc"
     return None
 
 
 def is_redis(url: str) -> bool:
     return scheme(url) in REDIS_SCHEMES
+
+
+def rpc_without_amqp(broker_url: str, result_backend: str) -> str | None:
+    """Why ``rpc://`` cannot work with this broker (it replies through RabbitMQ only)."""
+    if scheme(result_backend) != "rpc" or scheme(broker_url) in AMQP_SCHEMES:
+        return None
+    return (
+        "celery.result_backend rpc:// sends results back through a RabbitMQ broker, and "
+        "celery.broker_url is not amqp://: use an amqp:// broker (workers too), or a Redis or "
+        "database result backend"
+    )
 
 
 def rate_limit_without_redis(

@@ -102,8 +102,11 @@ class Dispatcher:
         batch_size: int = 500,
         retry_for: float = 2.0,
         access: RedisAccess | None = None,
+        reply_to: str | None = None,
     ) -> None:
         self._app = app
+        #: the queue workers reply to (``rpc://`` results), set on every task message
+        self._reply_to = reply_to
         #: where a refused password, certificate or ACL rule of a Redis broker is reported
         self._access = access
         self._batch_size = batch_size
@@ -163,6 +166,7 @@ class Dispatcher:
             argsrepr=request.label,
             kwargsrepr="{}",
             retries=request.retries,
+            reply_to=self._reply_to,
         )
         headers, properties, body, sent_event = message
         serializer = self._app.conf.task_serializer

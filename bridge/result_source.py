@@ -10,7 +10,7 @@ or was sent by an earlier owner (dispatch markers), and notes what was sent.
 Implementations: Redis (pub/sub plus the reconcile sweep, :mod:`bridge.results`, and the
 dispatch ledger in the same Redis, :mod:`bridge.dispatch_ledger`) and Celery's database
 backend (batched reads of its task table, :mod:`bridge.db_results`, and the ledger of
-:mod:`bridge.db_ledger`).
+:mod:`bridge.db_ledger`), and ``rpc://`` (the bridge's reply queue, :mod:`bridge.rpc_results`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,13 @@ from bridge.redis_clients import (
     result_backend_clients,
 )
 from bridge.results import ResultWatcher, TaskEvent, json_decoder
+from bridge.rpc_results import (
+    RepliesLedger,
+    RpcResults,
+    accepted_content,
+    queue_expiry,
+    reply_queue_name,
+)
 from bridge.settings import CelerySettings, ConfigError, Settings
 
 
@@ -71,6 +78,10 @@ class ResultParts:
     #: None when there is no Redis (the settings refuse rate limits then)
     redis: redis.Redis | None
     closers: list[Callable[[], None]] = field(default_factory=list)
+    #: the queue every task message must name in ``reply_to`` (``rpc://``), else None
+    reply_to: str | None = None
+    #: False: nowhere to keep dispatch markers, whatever ``results.dispatch_markers`` says
+    markers: bool = True
 
 
 def open_results(settings: Settings, app: Any, access: AccessProblems | None = None) -> ResultParts:
@@ -81,9 +92,11 @@ def open_results(settings: Settings, app: Any, access: AccessProblems | None = N
         return redis_results(settings, app, access)
     if kind == "database":
         return database_results(settings, app)
+    if kind == "rpc":
+        return rpc_results(settings, app)
     raise ConfigError(
-        "celery.result_backend: the bridge reads results from Redis (redis://, rediss://) or "
-        "Celery's database backend (db+postgresql://, db+mysql://, db+sqlite://)"
+        "celery.result_backend: the bridge reads results from Redis (redis://, rediss://), "
+        "Celery's database backend (db+postgresql://, db+mysql://, db+sqlite://) or rpc://"
     )
 
 
@@ -163,3 +176,17 @@ def broker_redis(celery: CelerySettings) -> redis.Redis | None:
         socket_connect_timeout=SOCKET_CONNECT_TIMEOUT,
         **extra,
     )
+
+
+def rpc_results(settings: Settings, app: Any) -> ResultParts:
+    """The bridge's reply queue on the RabbitMQ broker; no markers, no Redis."""
+    instance = settings.kafka.consumer.get("group.instance.id")
+    name = reply_queue_name(settings.kafka.group_id, None if instance is None else str(instance))
+    source = RpcResults(
+        app.connection_for_read,
+        name,
+        queue_expiry(app.conf.result_expires),
+        accepted_content(app.conf),
+        durable_name=instance is not None,
+    )
+    return ResultParts(source, RepliesLedger(source), None, reply_to=name, markers=False)

@@ -86,6 +86,9 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
     access = AccessProblems(logging.getLogger("bridge.access"))
     results = open_results(settings, app, access)
     watcher = results.source
+    if not results.markers:  # rpc://: a revoke or shutdown waits for every task in flight
+        off = settings.results.model_copy(update={"dispatch_markers": False})
+        settings = settings.model_copy(update={"results": off})
     # librdkafka's own lines (connection failures, coordinator changes) go through the bridge's
     # logging, JSON included, instead of raw "%3|…" lines on stderr; they are served inside
     # each client's poll(): the loop's consume(), the dead-letter writer's poll() (producer and
@@ -111,7 +114,10 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
     )
     broker = RedisClient.from_url("celery.broker_url", str(app.conf.broker_url))
     dispatcher = Dispatcher(
-        app, settings.kafka.poll_batch, access=RedisAccess(broker, access, "redis:broker")
+        app,
+        settings.kafka.poll_batch,
+        access=RedisAccess(broker, access, "redis:broker"),
+        reply_to=results.reply_to,
     )
     totals = Totals()
     metrics = PrometheusObserver() if settings.metrics.enabled else None

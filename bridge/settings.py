@@ -18,7 +18,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from bridge.backend_urls import backend_kind, rate_limit_without_redis
+from bridge.backend_urls import backend_kind, rate_limit_without_redis, rpc_without_amqp
 from bridge.dead_letter_routes import dead_letter_loop
 from bridge.route_settings import BatchSettings, Route, Strict
 from bridge.secrets import mask_text, password_needs_encoding
@@ -100,10 +100,18 @@ class CelerySettings(Strict):
     def _watchable_backend(cls, value: str) -> str:
         if backend_kind(value) is None:
             raise ValueError(
-                "the bridge watches results in Redis (redis://, rediss://, sentinel://) or in "
-                "Celery's database backend (db+postgresql://, db+mysql://, db+sqlite://)"
+                "the bridge watches results in Redis (redis://, rediss://, sentinel://), in "
+                "Celery's database backend (db+postgresql://, db+mysql://, db+sqlite://) or "
+                "on its reply queue (rpc://, with a RabbitMQ broker)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _rpc_over_amqp(self) -> CelerySettings:
+        problem = rpc_without_amqp(self.broker_url, self.result_backend)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
 
 class Limits(Strict):

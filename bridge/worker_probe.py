@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from bridge.backend_urls import scheme
 from bridge.secrets import mask_url
 from bridge.settings import Route, Settings
 
@@ -81,6 +82,17 @@ def findings(replies: Replies, settings: Settings, bridge_serializer: str) -> li
                     its_tasks,
                 )
             )
+        elif _rpc_mismatch(str(backend), settings.celery.result_backend):
+            out.append(
+                Finding(
+                    "error",
+                    f"worker {worker} stores results in {mask_url(str(backend))}, the bridge "
+                    f"reads {mask_url(settings.celery.result_backend)}: with rpc:// both must "
+                    "use it (results are replies to the sender, not stored); set the same "
+                    "result_backend on both",
+                    its_tasks,
+                )
+            )
         elif _where(backend) != ours:
             out.append(
                 Finding(
@@ -112,8 +124,18 @@ def findings(replies: Replies, settings: Settings, bridge_serializer: str) -> li
                     its_tasks,
                 )
             )
-        expires = conf.get("result_expires")
-        if isinstance(expires, int | float) and 0 < expires < longest:
+        rpc = scheme(str(backend)) == "rpc"
+        if rpc and not conf.get("result_persistent"):
+            out.append(
+                Finding(
+                    "warning",
+                    f"worker {worker} sends rpc:// replies transient (result_persistent off): "
+                    "a RabbitMQ restart drops those not yet read, and their tasks run again "
+                    "after task_timeout; set result_persistent=True on the workers",
+                )
+            )
+        expires = conf.get("result_expires")  # rpc:// stores nothing that could expire
+        if not rpc and isinstance(expires, int | float) and 0 < expires < longest:
             out.append(
                 Finding(
                     "warning",
@@ -125,6 +147,11 @@ def findings(replies: Replies, settings: Settings, bridge_serializer: str) -> li
     out.extend(_task_findings(replies, settings.routes))
     out.extend(_queue_findings(replies, settings))
     return out
+
+
+def _rpc_mismatch(worker_backend: str, bridge_backend: str) -> bool:
+    """One side uses ``rpc://`` and the other not: no outcome can ever reach the bridge."""
+    return (scheme(worker_backend) == "rpc") != (scheme(bridge_backend) == "rpc")
 
 
 def _tasks_served_by(worker: str, replies: Replies, settings: Settings) -> frozenset[str]:

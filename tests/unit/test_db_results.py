@@ -121,7 +121,9 @@ def test_a_database_backend_is_accepted(tmp_path: Path) -> None:
     assert settings.celery.result_backend.startswith("db+postgresql")
 
 
-@pytest.mark.parametrize("backend", ["rpc://", "db+oracle://u@h/db", "mongodb://h/db"])
+@pytest.mark.parametrize(
+    "backend", ["cache+memcached://h/", "db+oracle://u@h/db", "mongodb://h/db"]
+)
 def test_an_unwatchable_backend_is_refused_naming_the_choices(tmp_path: Path, backend: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(write(tmp_path, f"celery: {{result_backend: '{backend}'}}\nroutes: []\n"))

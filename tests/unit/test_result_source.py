@@ -29,7 +29,7 @@ def settings_for(backend: str, broker: str = "redis://127.0.0.1:6379/0") -> Sett
         ("DB+MySQL://u:p@h/db", "database"),
         ("db+sqlite:///results.db", "database"),
         ("db+oracle://u:p@h/db", None),
-        ("rpc://", None),
+        ("rpc://", "rpc"),
         ("cache+memcached://h:11211/", None),
         ("", None),
     ],

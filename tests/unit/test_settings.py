@@ -252,7 +252,7 @@ def test_ckb_config_variable_is_not_mistaken_for_a_setting(
         pytest.param(
             """\
             celery:
-              result_backend: rpc://
+              result_backend: mongodb://h/db
             routes:
               - {topic: orders, task: tasks.x}
             """,

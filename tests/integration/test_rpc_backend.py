@@ -1,0 +1,215 @@
+"""The core path with RabbitMQ as the Celery broker and ``rpc://`` as the result backend.
+
+A real rabbitmq-server (the session's ``rabbitmq_node``), real Celery workers configured with
+``result_backend = "rpc://"`` replying to the queue each task message names in ``reply_to``,
+the bridge consuming its reply queue: records run and are committed after success, never
+ahead; failures are dead-lettered; kill -9 of the bridge loses nothing, and a bridge restarted
+with the same ``group.instance.id`` reads the replies its predecessor's tasks sent meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import amqp.exceptions
+import kombu
+import pytest
+
+from bridge.stack import StackInfo
+from tests.figures import figure
+from tests.integration.harness import (
+    BridgeProcess,
+    Executions,
+    Kafka,
+    Worker,
+    bridge_config,
+    start_bridge,
+    start_worker,
+    unique,
+    wait_for,
+)
+from tests.integration.test_core_path import CommitProbe
+from tests.integration.test_failure_path import dlq_messages
+from tests.integration.test_rabbitmq import route, runs_of
+
+
+@pytest.fixture(scope="module")
+def queue() -> str:
+    return unique("q-rpc")
+
+
+@pytest.fixture(scope="module")
+def rpc_worker(
+    rabbitmq_stack: StackInfo, queue: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Worker]:
+    env = {
+        "CKB_CELERY__RESULT_BACKEND": "rpc://",
+        # replies survive a RabbitMQ restart (the worker check warns without it)
+        "CKB_CELERY__OPTIONS": json.dumps({"result_persistent": True}),
+    }
+    worker = start_worker(rabbitmq_stack, queue, tmp_path_factory.mktemp("rpc-worker"), 8, env=env)
+    yield worker
+    worker.stop()
+
+
+def rpc_config(
+    stack: StackInfo, group: str, routes: list[dict[str, object]], **extra: object
+) -> dict[str, Any]:
+    return bridge_config(stack, group, routes, celery={"result_backend": "rpc://"}, **extra)
+
+
+def reply_queue(bridge: BridgeProcess) -> str:
+    found = re.search(r"rpc:// replies to queue (\S+)", bridge.log_tail(200_000))
+    assert found, bridge.log_tail()
+    return found[1]
+
+
+def queue_exists(url: str, name: str) -> bool:
+    with kombu.Connection(url) as connection:
+        try:
+            connection.channel().queue_declare(name, passive=True)
+        except amqp.exceptions.NotFound:
+            return False
+    return True
+
+
+def test_records_run_and_commit_after_success_never_ahead(
+    rabbitmq_stack: StackInfo,
+    kafka: Kafka,
+    executions: Executions,
+    rpc_worker: Worker,
+    queue: str,
+    work_dir: Path,
+) -> None:
+    partitions, total = 3, 1200
+    topic = kafka.create_topic(partitions, prefix="rpc-core")
+    group = unique("g-rpc-core")
+    values = (json.dumps({"n": i, "sleep_ms": i % 7}).encode() for i in range(total))
+    kafka.produce(topic, values, partition_of=lambda i: i % partitions)
+    bridge = start_bridge(rpc_config(rabbitmq_stack, group, [route(topic, queue)]), work_dir)
+    started = time.monotonic()
+    try:
+        with CommitProbe(kafka, group, topic, partitions) as probe:
+            wait_for(lambda: kafka.caught_up(group, topic, partitions), 90, "all committed")
+        elapsed = time.monotonic() - started
+        name = reply_queue(bridge)
+        assert queue_exists(rabbitmq_stack.broker_url, name), "the reply queue is there"
+    finally:
+        exit_code = bridge.terminate()
+    assert exit_code == 0, bridge.log_tail()
+    assert not queue_exists(rabbitmq_stack.broker_url, name), "a clean stop deletes its queue"
+
+    done = runs_of(executions, topic)
+    assert len(done) == total, f"{total - len(done)} records never ran"
+    finished_at: dict[tuple[int, int], float] = {}
+    for run in executions.of(topic):
+        key = (run["ckb_partition"], run["ckb_offset"])
+        finished_at[key] = min(finished_at.get(key, run["end"]), run["end"])
+    ahead = [
+        (p, offset)
+        for read_at, sample in probe.samples
+        for p, committed in sample.items()
+        for offset in range(max(committed, 0))
+        if finished_at.get((p, offset), float("inf")) > read_at
+    ]
+    assert not ahead, f"committed past unfinished records: {ahead[:5]}"
+    assert "sending it again" not in bridge.log_tail(200_000), "every reply arrived"
+    figure(
+        f"RabbitMQ/rpc core path: {total} records, {partitions} partitions, {elapsed:.1f}s, "
+        f"{total / elapsed:.0f} records/s, {sum(done.values()) - total} duplicate runs"
+    )
+
+
+def test_a_failing_task_is_dead_lettered(
+    rabbitmq_stack: StackInfo,
+    kafka: Kafka,
+    executions: Executions,
+    rpc_worker: Worker,
+    queue: str,
+    work_dir: Path,
+) -> None:
+    total = 60
+    topic = kafka.create_topic(2, prefix="rpc-fail")
+    group = unique("g-rpc-fail")
+
+    def value(n: int) -> bytes:
+        mode = "always_fail" if n % 10 == 3 else "fail_once" if n % 10 == 7 else "ok"
+        return json.dumps({"n": n, "mode": mode}).encode()
+
+    kafka.produce(topic, (value(n) for n in range(total)), partition_of=lambda n: n % 2)
+    bridge = start_bridge(rpc_config(rabbitmq_stack, group, [route(topic, queue)]), work_dir)
+    try:
+        wait_for(lambda: kafka.caught_up(group, topic, 2), 60, "all committed")
+    finally:
+        exit_code = bridge.terminate()
+    assert exit_code == 0, bridge.log_tail()
+
+    always = {n for n in range(total) if n % 10 == 3}
+    dead = dlq_messages(kafka, f"{topic}.dlq")
+    failed = sorted(json.loads(d["value"])["n"] for d in dead)  # type: ignore[arg-type]
+    assert failed == sorted(always), "each failing record dead-lettered exactly once"
+    assert {d["headers"]["ckb.reason"] for d in dead} == {b"task_failed"}  # type: ignore[index]
+    # the exception travelled in the reply: its class is in the dead letter
+    classes = {d["headers"]["ckb.error.class"] for d in dead}  # type: ignore[index]
+    assert classes == {b"PlannedFailure"}, classes
+    ran = {run["payload"]["n"] for run in executions.of(topic)}
+    assert ran == set(range(total)) - always, "the others (fail-once too) succeeded"
+
+
+def test_kill_9_loses_nothing_and_the_same_member_reads_its_predecessors_replies(
+    rabbitmq_stack: StackInfo,
+    kafka: Kafka,
+    executions: Executions,
+    rpc_worker: Worker,
+    queue: str,
+    work_dir: Path,
+) -> None:
+    partitions, total = 2, 600
+    topic = kafka.create_topic(partitions, prefix="rpc-kill")
+    values = (json.dumps({"n": n, "sleep_ms": 10}).encode() for n in range(total))
+    kafka.produce(topic, values, partition_of=lambda n: n % partitions)
+    group = unique("g-rpc-kill")
+    # static membership: the restarted member gets its partitions back at once, and its queue
+    consumer = {"group.instance.id": f"{group}-a", "session.timeout.ms": "6000"}
+    routes = [route(topic, queue, max_in_flight=100)]
+    config = rpc_config(rabbitmq_stack, group, routes, kafka={"consumer": consumer})
+    first = start_bridge(config, work_dir, "first")
+    try:
+        wait_for(lambda: executions.count(topic) >= total // 3, 60, "a third of the records")
+        name = reply_queue(first)
+        os.kill(first.process.pid, signal.SIGKILL)
+        first.process.wait(10)
+    finally:
+        first.kill()
+    assert name == f"ckb.replies.{group}.{group}-a"
+    committed = kafka.committed(group, topic, partitions)
+    finished = runs_of(executions, topic)  # read after the commits: only more can finish
+    for p, offset in committed.items():
+        unfinished = [o for o in range(max(offset, 0)) if (p, o) not in finished]
+        assert not unfinished, f"partition {p} committed {offset} ahead of {unfinished[:5]}"
+    assert sum(max(o, 0) for o in committed.values()) < total, "killed before the end"
+    # the queue outlived its consumer: the replies of the tasks still running land there
+    assert queue_exists(rabbitmq_stack.broker_url, name)
+
+    second = start_bridge(config, work_dir, "second")
+    try:
+        wait_for(lambda: kafka.caught_up(group, topic, partitions), 60, "all committed")
+    finally:
+        assert second.terminate() == 0, second.log_tail()
+    assert queue_exists(rabbitmq_stack.broker_url, name), "kept for the next of this member"
+    runs = runs_of(executions, topic)
+    assert len(runs) == total, f"{total - len(runs)} records lost"
+    uncommitted = total - sum(max(o, 0) for o in committed.values())
+    figure(
+        f"RabbitMQ/rpc kill -9 (static member): {total} records, {uncommitted} uncommitted at "
+        f"the kill, {sum(runs.values()) - total} duplicate runs"
+    )
+    with kombu.Connection(rabbitmq_stack.broker_url) as connection:
+        connection.channel().queue_delete(name)
