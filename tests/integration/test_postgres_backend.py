@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from celery import Celery
 
 from bridge.db_ledger import MARKER_TABLE, DatabaseLedger, TableMarkers
-from bridge.db_results import CHUNK, DatabaseResults, result_decoder, task_table
+from bridge.db_results import CHUNK, DatabaseResults, database_url, result_decoder, task_table
 from bridge.results import TaskEvent
 from bridge.stack import StackInfo
 from bridge.stack.postgres import PostgresNode
@@ -207,7 +207,17 @@ def test_kill_9_of_the_bridge_loses_nothing_and_never_commits_ahead(
     figure(f"Redis/PostgreSQL kill -9: {total} records, {duplicates} duplicate runs")
 
 
-# -- the result source and the ledger on their own, against the real server -----------------
+# -- the result source and the ledger on their own: the real PostgreSQL, and SQLite through ---
+# -- the same SQLAlchemy code (db+sqlite://, no server) -------------------------------------
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A ``db+…`` result backend URL."""
+    if request.param == "sqlite":
+        return f"db+sqlite:///{tmp_path / 'results.sqlite'}"
+    node: PostgresNode = request.getfixturevalue("postgres_node")
+    return node.result_backend
 
 
 def store(app: Celery, task_id: str, state: str, result: object = None) -> None:
@@ -217,15 +227,15 @@ def store(app: Celery, task_id: str, state: str, result: object = None) -> None:
     )
 
 
-def test_sweeps_read_open_ids_with_one_query_per_chunk(postgres_node: PostgresNode) -> None:
-    app = Celery(backend=postgres_node.result_backend)
+def test_sweeps_read_open_ids_with_one_query_per_chunk(database: str) -> None:
+    app = Celery(backend=database)
     app.conf.result_serializer = "json"
     prefix = unique("sweep")
     ids = [f"{prefix}-{n}" for n in range(2 * CHUNK + 10)]  # three chunks
     store(app, ids[0], "SUCCESS", 1)
     store(app, ids[1], "FAILURE", ValueError("no such order"))
     store(app, ids[-1], "SUCCESS", 3)
-    engine = sa.create_engine(postgres_node.url)
+    engine = sa.create_engine(database_url(database))
     source = DatabaseResults(engine, task_table(app), result_decoder(app), longest_interval=1.0)
     source.watch(ids)
     source.start()
@@ -251,12 +261,12 @@ def test_sweeps_read_open_ids_with_one_query_per_chunk(postgres_node: PostgresNo
         source.stop()
 
 
-def test_ledger_markers_in_a_table_one_statement_per_batch(postgres_node: PostgresNode) -> None:
-    app = Celery(backend=postgres_node.result_backend)
+def test_ledger_markers_in_a_table_one_statement_per_batch(database: str) -> None:
+    app = Celery(backend=database)
     prefix = unique("ledger")
     done, sent, fresh = f"{prefix}-done", f"{prefix}-sent", f"{prefix}-fresh"
     store(app, done, "SUCCESS", 1)
-    engine = sa.create_engine(postgres_node.url)
+    engine = sa.create_engine(database_url(database))
     statements: list[str] = []
     sa.event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
     source = DatabaseResults(engine, task_table(app), result_decoder(app))
