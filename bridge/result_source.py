@@ -36,6 +36,7 @@ from bridge.rpc_results import (
     RepliesLedger,
     RpcResults,
     accepted_content,
+    ack_hold,
     queue_expiry,
     reply_queue_name,
 )
@@ -188,5 +189,6 @@ def rpc_results(settings: Settings, app: Any) -> ResultParts:
         queue_expiry(app.conf.result_expires),
         accepted_content(app.conf),
         durable_name=instance is not None,
+        hold=0.0 if instance is None else ack_hold(settings.kafka.commit_interval),
     )
     return ResultParts(source, RepliesLedger(source), None, reply_to=name, markers=False)

@@ -22,11 +22,16 @@ with a prefetch window: pushed, never polled):
   unused for ``result_expires`` (``x-expires``, as Celery's own rpc queues), and by the bridge
   when a per-process queue's bridge stops cleanly.
 - **A reply is acked** once its event is in :attr:`RpcResults.completions` (the loop's input)
-  or kept as a stray. A final reply for an id nobody watches (the predecessor's task, a task
-  of a partition since revoked, the second run of a duplicate) is acked and kept, a bounded
-  number of them, as the rpc backend's only "stored results": :meth:`RpcResults.stored_finals`
-  answers from them, so a record read again whose task already finished concludes without a
-  second run. Requeueing it would only bounce it back to this, the queue's sole consumer.
+  or kept as a stray, at once on a per-process queue (nobody will read it again). On a static
+  member's queue the acks are held for ``hold`` seconds (:func:`ack_hold`: a few commit
+  intervals) and then given many at a time (``multiple``): if the bridge dies meanwhile,
+  RabbitMQ delivers those replies again to its successor, whose records are then mostly not
+  committed yet either, so it concludes them without running their tasks again.
+- A final reply for an id nobody watches (the predecessor's task, a task of a partition since
+  revoked, the second run of a duplicate) is acked and kept, a bounded number of them, as the
+  rpc backend's only "stored results": :meth:`RpcResults.stored_finals` answers from them, so
+  a record read again whose task already finished concludes without a second run. Requeueing
+  it would only bounce it back to this, the queue's sole consumer.
 
 Nothing else is stored: no result can be read back after the fact and there is nowhere to keep
 dispatch markers (:class:`RepliesLedger`). What that costs is in README, Brokers and backends.
@@ -41,8 +46,9 @@ import os
 import queue
 import socket
 import threading
+import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
@@ -58,8 +64,10 @@ from bridge.results import TaskEvent, event_from_meta
 
 log = logging.getLogger(__name__)
 
-#: replies RabbitMQ may push before the bridge acked earlier ones
+#: replies RabbitMQ may push before the bridge acked earlier ones; with acks held, AMQP's
+#: largest window (at the held acks' pace: 65535 per ``hold`` seconds at most)
 PREFETCH = 1000
+PREFETCH_HELD = 65_535
 #: final replies kept for ids nobody watched when they came (see the module doc)
 STRAYS = 50_000
 #: seconds an unused reply queue lives when Celery's ``result_expires`` is off
@@ -97,6 +105,12 @@ def queue_expiry(result_expires: Any) -> float:
     return DEFAULT_EXPIRES
 
 
+def ack_hold(commit_interval: float) -> float:
+    """Seconds a static member holds its acks: longer than a record usually stays uncommitted
+    after its task finished (the next commit and its round trip), a few commit intervals."""
+    return 3 * commit_interval + 2.0
+
+
 def accepted_content(conf: Any) -> list[str]:
     """The serializers Celery's own result consumer accepts."""
     accept = conf.result_accept_content
@@ -113,11 +127,12 @@ class RpcResults:
         expires: float,
         accept: list[str],
         durable_name: bool,
-        prefetch: int = PREFETCH,
+        hold: float = 0.0,
         strays: int = STRAYS,
     ) -> None:
         """``connect``: a new kombu connection to the broker; ``durable_name``: the name
-        outlives the process (static membership), so a clean stop keeps the queue."""
+        outlives the process (static membership), so a clean stop keeps the queue; ``hold``:
+        seconds each ack waits (0: acked at once)."""
         self._connect = connect
         #: the queue every task message names in ``reply_to``
         self.reply_to = reply_to
@@ -131,7 +146,10 @@ class RpcResults:
         )
         self._accept = accept
         self._keep_queue = durable_name
-        self._prefetch = prefetch
+        self._hold = hold
+        self._prefetch = PREFETCH_HELD if hold > 0 else PREFETCH
+        #: (received at, delivery tag) of the replies whose ack is held, oldest first
+        self._unacked: deque[tuple[float, int]] = deque()
         self._strays_max = strays
         self._watched: set[str] = set()
         self._strays: OrderedDict[str, TaskEvent] = OrderedDict()
@@ -227,11 +245,13 @@ class RpcResults:
                 with contextlib.suppress(TimeoutError):  # no reply meanwhile
                     connection.drain_events(timeout=DRAIN_TIMEOUT)
                 connection.heartbeat_check()
+                self._ack_due(channel, time.monotonic())
             consumer.cancel()
             if not self._keep_queue:  # nobody will ever read a per-process queue again
                 channel.queue_delete(self.reply_to)
         finally:
             self._consuming.clear()
+            self._unacked.clear()  # unacked on a closed channel: RabbitMQ delivers them again
             connection.release()
 
     def _declare(self, connection: Any) -> Any:
@@ -266,7 +286,18 @@ class RpcResults:
         task_id = str(message.properties.get("correlation_id") or meta.get("task_id") or "")
         if task_id:
             self._route(event_from_meta(task_id, meta))
-        message.ack()
+        if self._hold > 0:
+            self._unacked.append((time.monotonic(), message.delivery_tag))
+        else:
+            message.ack()
+
+    def _ack_due(self, channel: Any, now: float) -> None:
+        """Ack, with one ``multiple`` ack, every held reply older than ``hold``."""
+        tag = None
+        while self._unacked and self._unacked[0][0] <= now - self._hold:
+            tag = self._unacked.popleft()[1]
+        if tag is not None:
+            channel.basic_ack(tag, multiple=True)
 
     def _route(self, event: TaskEvent) -> None:
         """To ``completions`` when watched (a final one once); a final nobody watches becomes

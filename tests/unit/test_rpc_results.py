@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -23,6 +24,7 @@ from bridge.rpc_results import (
     RepliesLedger,
     RpcResults,
     accepted_content,
+    ack_hold,
     queue_expiry,
     reply_queue_name,
 )
@@ -32,19 +34,23 @@ from bridge.worker_probe import Replies, findings
 AMQP = "amqp://guest:guest@127.0.0.1:5672//"
 
 
-def source(strays: int = 10) -> RpcResults:
+def source(strays: int = 10, hold: float = 0.0) -> RpcResults:
     def never() -> Any:
         raise AssertionError("no connection in a unit test")
 
-    return RpcResults(never, "ckb.replies.g.x", 60.0, ["json"], False, strays=strays)
+    return RpcResults(never, "ckb.replies.g.x", 60.0, ["json"], hold > 0, hold, strays)
 
 
 class Message:
     """What kombu hands a consumer callback: properties, and an ack to count."""
 
+    tags = 0
+
     def __init__(self, task_id: str | None) -> None:
         self.properties = {"correlation_id": task_id} if task_id else {}
         self.acked = 0
+        Message.tags += 1
+        self.delivery_tag = Message.tags
 
     def ack(self) -> None:
         self.acked += 1
@@ -135,6 +141,32 @@ def test_strays_are_bounded_oldest_first() -> None:
     for n in range(5):
         reply(results, f"s{n}", "SUCCESS")
     assert sorted(results.stored_finals([f"s{n}" for n in range(5)])) == ["s2", "s3", "s4"]
+
+
+class Channel:
+    def __init__(self) -> None:
+        self.acks: list[tuple[int, bool]] = []
+
+    def basic_ack(self, tag: int, multiple: bool) -> None:
+        self.acks.append((tag, multiple))
+
+
+def test_a_static_member_holds_its_acks_then_gives_them_at_once() -> None:
+    results, channel = source(hold=5.0), Channel()
+    results.watch(["h1", "h2"])
+    messages = [reply(results, "h1", "SUCCESS"), reply(results, "h2", "SUCCESS")]
+    assert [m.acked for m in messages] == [0, 0], "held: a successor would get them again"
+    assert len(drained(results)) == 2, "reported at once all the same"
+    results._ack_due(channel, time.monotonic())
+    assert channel.acks == [], "not before hold seconds"
+    results._ack_due(channel, time.monotonic() + 5.0)
+    assert channel.acks == [(messages[-1].delivery_tag, True)], "one ack for all"
+    results._ack_due(channel, time.monotonic() + 10.0)
+    assert len(channel.acks) == 1
+
+
+def test_acks_are_held_a_few_commit_intervals() -> None:
+    assert ack_hold(1.0) == 5.0 and ack_hold(10.0) > 20.0
 
 
 def test_a_reply_without_task_id_is_acked_and_ignored() -> None:
