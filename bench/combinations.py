@@ -69,6 +69,10 @@ COMBINATIONS: dict[str, Callable[[StackInfo], tuple[str, str] | None]] = {
     "rabbitmq/redis": lambda info: (
         None if info.rabbitmq_url is None else (info.rabbitmq_url, f"{info.redis_url}/1")
     ),
+    # results are replies to each client's own queue: the bridge's, and R's client's
+    "rabbitmq/rpc": lambda info: (
+        None if info.rabbitmq_url is None else (info.rabbitmq_url, "rpc://")
+    ),
     "redis/postgres": lambda info: (
         None if info.postgres_url is None else (f"{info.redis_url}/0", info.result_backend)
     ),
