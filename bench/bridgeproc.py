@@ -49,7 +49,11 @@ def bridge_config(
         kafka["commit_interval"] = commit_interval
     return {
         "kafka": kafka,
-        "celery": {"broker_url": stack.broker_url, "result_backend": stack.result_url},
+        "celery": {
+            "broker_url": stack.broker_url,
+            "result_backend": stack.result_url,
+            "options": stack.celery_options,
+        },
         "routes": [
             {"topic": topic, "task": TASK_NAME, "queue": queue, "max_in_flight": window}
             for topic in topics

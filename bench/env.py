@@ -76,6 +76,15 @@ class Stack:
     def bootstrap(self) -> str:
         return self.info.kafka_bootstrap
 
+    @property
+    def celery_options(self) -> dict[str, Any]:
+        """The Celery settings the URLs need: a ``sentinel://`` URL's ``master_name``."""
+        sentinel = self.info.sentinel
+        urls = (self.broker_url, self.result_url)
+        if sentinel is None or not any(url.startswith("sentinel:") for url in urls):
+            return {}
+        return sentinel.options
+
 
 # == Kafka ==================================================================================
 def create_topic(bootstrap: str, name: str, partitions: int) -> None:
@@ -172,6 +181,7 @@ class Workers:
             "CKB_WORKER_PREFETCH": str(prefetch),
             "CKB_CELERY__BROKER_URL": stack.broker_url,
             "CKB_CELERY__RESULT_BACKEND": stack.result_url,
+            "CKB_CELERY__OPTIONS": json.dumps(stack.celery_options),
             "PYTHONPATH": str(REPO),
         }
         host = socket.gethostname()
@@ -190,6 +200,7 @@ class Workers:
             )
             log.close()
         control = Celery(broker=stack.broker_url)
+        control.conf.update(stack.celery_options)
         workers = cls(stack, processes, names, control)
         try:
             wait_until(workers._all_answer, 90, "the Celery workers to answer ping")
@@ -241,5 +252,6 @@ def celery_client(stack: Stack) -> Celery:
         accept_content=["json"],
         result_serializer="json",
         broker_connection_retry_on_startup=True,
+        **stack.celery_options,
     )
     return app

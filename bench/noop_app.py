@@ -7,6 +7,7 @@ the workers are configured as the README recommends for tasks fed from Kafka.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -29,6 +30,8 @@ app.conf.update(
     task_track_started=False,
     worker_hijack_root_logger=False,
 )
+# the bridge's celery.options, as tasks/celeryconfig.py reads them (a sentinel:// master_name)
+app.conf.update(json.loads(os.environ.get("CKB_CELERY__OPTIONS") or "{}"))
 
 
 #: CKB_BENCH_TASK_MS=20 makes every task take 20 ms (a task that does some work)
