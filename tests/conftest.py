@@ -79,6 +79,13 @@ def postgres_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres
 
 
 @pytest.fixture(scope="session")
+def postgres_stack(stack: StackInfo, postgres_node: PostgresNode) -> StackInfo:
+    """The session's Kafka and Redis (broker) with PostgreSQL as the result backend: the
+    harness helpers (``bridge_config``, ``start_worker``) take it like ``stack``."""
+    return dataclasses.replace(stack, postgres_url=postgres_node.url)
+
+
+@pytest.fixture(scope="session")
 def kafka(stack: StackInfo) -> Kafka:
     return Kafka(stack.kafka_bootstrap)
 

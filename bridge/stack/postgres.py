@@ -37,6 +37,7 @@ from bridge.stack.processes import (
     format_tails,
     is_running,
     port_accepts,
+    remove_pid,
     run_tool,
     spawn_detached,
     terminate,
@@ -139,7 +140,8 @@ class PostgresNode:
     def answers(self, timeout: float = 1.0) -> bool:
         """Whether the server accepts connections (``pg_isready``)."""
         ready = find_postgres() / "pg_isready"
-        argv = [str(ready), "-h", LOCALHOST, "-p", str(self.port), "-t", str(max(1, int(timeout)))]
+        argv = [str(ready), "-h", LOCALHOST, "-p", str(self.port), "-U", USER, "-d", DATABASE,
+                "-t", str(max(1, int(timeout)))]  # fmt: skip
         try:
             done = subprocess.run(argv, capture_output=True, timeout=timeout + 5, check=False)
         except (OSError, subprocess.SubprocessError):
@@ -171,6 +173,8 @@ class PostgresNode:
         report = progress or log.info
         bin_dir = find_postgres(report)
         self._initdb(bin_dir, report)
+        if self.pid() is None:  # a killed server's lock: its pid may linger as a zombie a while,
+            remove_pid(self.data / "postmaster.pid")  # which PostgreSQL takes for a live server
         report(f"starting PostgreSQL on {LOCALHOST}:{self.port}")
         argv = [
             *as_server_user(),
@@ -209,10 +213,14 @@ class PostgresNode:
         raise self._error(f"PostgreSQL took no connections on {self.url} within {timeout:.0f}s")
 
     def stop(self, kill: bool = False) -> None:
-        """A fast shutdown (SIGINT: clients are disconnected, not waited for) or SIGKILL."""
+        """A fast shutdown (SIGINT: clients are disconnected, not waited for); ``kill``: a
+        crash, SIGKILL to the server and its backends at once (its process group)."""
         pid = self.pid()
         if pid is None:
             return
+        if kill:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
         if kill or not _interrupted(pid):
             terminate(pid, self.tokens, STOP_TIMEOUT, kill=True)
         wait_port_free(self.port, timeout=10.0)

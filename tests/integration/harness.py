@@ -183,7 +183,7 @@ def worker_env(stack: StackInfo, recorder_db: int = 2) -> dict[str, str]:
     return {
         **os.environ,
         "CKB_CELERY__BROKER_URL": stack.broker_url,
-        "CKB_CELERY__RESULT_BACKEND": f"{stack.redis_url}/1",
+        "CKB_CELERY__RESULT_BACKEND": stack.result_backend,
         "CKB_IT_RECORDER_URL": f"{stack.redis_url}/{recorder_db}",
         "PYTHONPATH": str(REPO),
     }
@@ -263,7 +263,7 @@ def bridge_config(
         "kafka": {"bootstrap_servers": stack.kafka_bootstrap, "group_id": group},
         "celery": {
             "broker_url": stack.broker_url,  # Redis database 0, or the session's RabbitMQ
-            "result_backend": f"{stack.redis_url}/1",
+            "result_backend": stack.result_backend,  # Redis database 1, or PostgreSQL
         },
         "routes": routes,
         "results": {"reconcile_interval": 1.0},

@@ -17,7 +17,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -51,23 +50,11 @@ def queue() -> str:
 
 @pytest.fixture(scope="module")
 def pg_worker(
-    stack: StackInfo,
-    postgres_node: PostgresNode,
-    queue: str,
-    tmp_path_factory: pytest.TempPathFactory,
+    postgres_stack: StackInfo, queue: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Worker]:
-    env = {"CKB_CELERY__RESULT_BACKEND": postgres_node.result_backend}
-    worker = start_worker(stack, queue, tmp_path_factory.mktemp("pg-worker"), 8, env=env)
+    worker = start_worker(postgres_stack, queue, tmp_path_factory.mktemp("pg-worker"), 8)
     yield worker
     worker.stop()
-
-
-def config_for(
-    stack: StackInfo, node: PostgresNode, group: str, routes: list[dict[str, Any]], **extra: Any
-) -> dict[str, Any]:
-    return bridge_config(
-        stack, group, routes, celery={"result_backend": node.result_backend}, **extra
-    )
 
 
 def route(topic: str, queue: str, **extra: object) -> dict[str, object]:
@@ -79,21 +66,22 @@ def runs_of(executions: Executions, topic: str) -> Counter[tuple[int, int]]:
 
 
 def test_records_run_and_commit_after_success_never_ahead(
-    stack: StackInfo,
-    postgres_node: PostgresNode,
+    postgres_stack: StackInfo,
     kafka: Kafka,
     executions: Executions,
     pg_worker: Worker,
     queue: str,
     work_dir: Path,
 ) -> None:
-    partitions, total = 3, 1500
+    partitions, total = 3, 900
     topic = kafka.create_topic(partitions, prefix="pg-core")
     group = unique("g-pg-core")
     rng = random.Random(5)
     values = (json.dumps({"n": i, "sleep_ms": rng.randint(0, 20)}).encode() for i in range(total))
     kafka.produce(topic, values, partition_of=lambda i: i % partitions)
-    bridge = start_bridge(config_for(stack, postgres_node, group, [route(topic, queue)]), work_dir)
+    config = bridge_config(postgres_stack, group, [route(topic, queue)])
+    assert config["celery"]["result_backend"].startswith("db+postgresql://")
+    bridge = start_bridge(config, work_dir)
     started = time.monotonic()
     try:
         with CommitProbe(kafka, group, topic, partitions) as probe:
@@ -124,8 +112,7 @@ def test_records_run_and_commit_after_success_never_ahead(
 
 
 def test_a_failing_task_is_dead_lettered(
-    stack: StackInfo,
-    postgres_node: PostgresNode,
+    postgres_stack: StackInfo,
     kafka: Kafka,
     executions: Executions,
     pg_worker: Worker,
@@ -141,7 +128,7 @@ def test_a_failing_task_is_dead_lettered(
         return json.dumps({"n": n, "mode": mode}).encode()
 
     kafka.produce(topic, (value(n) for n in range(total)), partition_of=lambda n: n % 2)
-    config = config_for(stack, postgres_node, group, [route(topic, queue)])
+    config = bridge_config(postgres_stack, group, [route(topic, queue)])
     bridge = start_bridge(config, work_dir)
     try:
         wait_for(lambda: kafka.caught_up(group, topic, 2), 90, "all committed")
@@ -162,15 +149,14 @@ def test_a_failing_task_is_dead_lettered(
 
 
 def test_kill_9_of_the_bridge_loses_nothing_and_never_commits_ahead(
-    stack: StackInfo,
-    postgres_node: PostgresNode,
+    postgres_stack: StackInfo,
     kafka: Kafka,
     executions: Executions,
     pg_worker: Worker,
     queue: str,
     work_dir: Path,
 ) -> None:
-    partitions, total = 2, 600
+    partitions, total = 2, 400
     topic = kafka.create_topic(partitions, prefix="pg-kill")
     values = (json.dumps({"n": n, "sleep_ms": 10}).encode() for n in range(total))
     kafka.produce(topic, values, partition_of=lambda n: n % partitions)
@@ -178,7 +164,7 @@ def test_kill_9_of_the_bridge_loses_nothing_and_never_commits_ahead(
     consumer = {"session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"}
     routes = [route(topic, queue, max_in_flight=50)]
     group = unique("g-pg-kill")
-    config = config_for(stack, postgres_node, group, routes, kafka={"consumer": consumer})
+    config = bridge_config(postgres_stack, group, routes, kafka={"consumer": consumer})
     first = start_bridge(config, work_dir, "first")
     try:
         wait_for(lambda: executions.count(topic) >= total // 3, 60, "a third of the records")
