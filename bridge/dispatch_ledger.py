@@ -21,7 +21,7 @@ a pipeline of ``SET … EX`` for good.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,19 +34,33 @@ log = logging.getLogger(__name__)
 
 MARKER_PREFIX = "ckb-dispatched-"
 
-#: KEYS: the markers; ARGV[1]: their TTL in seconds
+#: KEYS: the markers; ARGV[1]: their TTL in seconds; ARGV[1 + i]: the value of KEYS[i]
+#: (a batch's record, see bridge/batch_markers.py), '1' when not given
 MARK_SCRIPT = """
-for _, key in ipairs(KEYS) do
-  redis.call('SET', key, '1', 'EX', ARGV[1])
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[i + 1] or '1', 'EX', ARGV[1])
 end
 return #KEYS
 """
+#: the value of a plain marker (a task sent, nothing more to say)
+PLAIN = b"1"
 
 
 @dataclass
 class Known:
     finals: dict[str, TaskEvent] = field(default_factory=dict)
     in_progress: set[str] = field(default_factory=set)
+    #: the marker values that are not plain, by task id (a batch's records)
+    batch_of: dict[str, str] = field(default_factory=dict)
+
+
+def _collect_markers(known: Known, task_ids: list[str], markers: list[object]) -> None:
+    for task_id, marker in zip(task_ids, markers, strict=True):
+        if marker is None or task_id in known.finals:
+            continue
+        known.in_progress.add(task_id)
+        if isinstance(marker, bytes) and marker != PLAIN:
+            known.batch_of[task_id] = marker.decode("utf-8", "replace")
 
 
 class DispatchLedger:
@@ -90,11 +104,7 @@ class DispatchLedger:
         if self._result_prefix is not None:
             self._collect_finals(known, task_ids, replies.pop(0))
         if self._markers:
-            known.in_progress = {
-                task_id
-                for task_id, marker in zip(task_ids, replies[0], strict=True)
-                if marker is not None and task_id not in known.finals
-            }
+            _collect_markers(known, task_ids, replies[0])
         return known
 
     def _collect_finals(self, known: Known, task_ids: list[str], values: list[object]) -> None:
@@ -111,23 +121,25 @@ class DispatchLedger:
 
     def mark(self, task_ids: Iterable[str], ttl: float) -> None:
         """Note that these tasks were sent; the markers expire after ``ttl`` seconds."""
-        if not self._markers:
+        self.mark_members({task_id: "1" for task_id in task_ids}, ttl)
+
+    def mark_members(self, values: Mapping[str, str], ttl: float) -> None:
+        """Markers with a value each (:mod:`bridge.batch_markers`), for ``ttl`` seconds."""
+        if not self._markers or not values:
             return
-        keys = [MARKER_PREFIX + task_id for task_id in task_ids]
-        if not keys:
-            return
+        keys = [MARKER_PREFIX + task_id for task_id in values]
         seconds = max(1, int(ttl))
         try:
             if self._mark_script is not None:
                 try:
-                    self._mark_script(keys=keys, args=[seconds])
+                    self._mark_script(keys=keys, args=[seconds, *values.values()])
                     return
                 except redis.exceptions.NoPermissionError as exc:
                     log.info("dispatch markers: scripting not allowed (%s); using SET", exc)
                     self._mark_script = None
             pipe = self._client.pipeline(transaction=False)
-            for key in keys:
-                pipe.set(key, b"1", ex=seconds)
+            for key, value in zip(keys, values.values(), strict=True):
+                pipe.set(key, value, ex=seconds)
             pipe.execute()
         except redis.RedisError as exc:
             log.debug("dispatch markers not written: %r", exc)

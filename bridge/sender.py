@@ -16,6 +16,7 @@ import logging
 import traceback
 from collections.abc import Callable, Iterable
 
+from bridge.batch_markers import BatchMemberMarks, earlier_batches, member_markers
 from bridge.batch_requests import batch_request
 from bridge.core.engine import WorkEngine
 from bridge.core.jobs import Job
@@ -66,17 +67,7 @@ class Sender:
         batch = self._engine.select(self._clock())
         if not batch:
             return
-        known = self._ledger.lookup([job.task_id for job in batch])
-        fresh = []
-        for job in batch:
-            if job.task_id in known.finals:  # done before (a restart, an earlier owner)
-                self._engine.settled(job)
-                self._outcomes.conclude(job, known.finals[job.task_id])
-            elif job.task_id in known.in_progress:  # sent by an earlier owner: watch it
-                self._watcher.watch([job.task_id])
-                self._engine.started([job], self._clock())
-            else:
-                fresh.append(job)
+        fresh = self._not_sent_before(batch)
         encoded = self._encode(self._within_rate(fresh))
         if not encoded:
             return
@@ -88,6 +79,27 @@ class Sender:
         for job in sent:
             for member in job.parts():
                 self._events.on_dispatched(member.item.record, job.item.route.task, False)
+
+    def _not_sent_before(self, batch: list[Job[Work]]) -> list[Job[Work]]:
+        """The jobs the ledger knows nothing of; the others are concluded, watched, or (a
+        batch whose records an earlier owner sent in other batches) formed again."""
+        known = self._ledger.lookup(_ids_to_look_up(batch))
+        fresh = []
+        for job in batch:
+            if job.task_id in known.finals:  # done before (a restart, an earlier owner)
+                self._engine.settled(job)
+                self._outcomes.conclude(job, known.finals[job.task_id])
+            elif job.task_id in known.in_progress:  # sent by an earlier owner: watch it
+                self._watcher.watch([job.task_id])
+                self._engine.started([job], self._clock())
+            elif earlier := earlier_batches(job, known.batch_of):
+                # its records went out in other batches: form those again, watch them
+                for task_id, offsets in earlier:
+                    self._engine.remember_batch(job, task_id, offsets)
+                self._engine.put_back([job])
+            else:
+                fresh.append(job)
+        return fresh
 
     def resend(self, job: Job[Work]) -> bool:
         """Send a lost task again, unless its result appeared meanwhile; False: not sent (the
@@ -198,9 +210,24 @@ class Sender:
             log.log(logging.DEBUG if exc.refused else logging.WARNING, "%s; will retry", exc)
             self._backoff_until = self._clock() + PUBLISH_BACKOFF
             return False
-        for route, ids in _by_route(job for job, _ in encoded):
-            self._ledger.mark(ids, marker_ttl(route))
+        for route, jobs in _by_route(job for job, _ in encoded):
+            if isinstance(self._ledger, BatchMemberMarks):  # one call: tasks and batches' records
+                values = {job.task_id: "1" for job in jobs}
+                for job in jobs:
+                    if job.members is not None:
+                        values.update(member_markers(job))
+                self._ledger.mark_members(values, marker_ttl(route))
+            else:
+                self._ledger.mark([job.task_id for job in jobs], marker_ttl(route))
         return True
+
+
+def _ids_to_look_up(jobs: list[Job[Work]]) -> list[str]:
+    """The jobs' task ids, and a batch's records' own ids (their markers name earlier
+    batches, see bridge/batch_markers.py)."""
+    ids = [job.task_id for job in jobs]
+    ids.extend(member.task_id for job in jobs if job.members is not None for member in job.members)
+    return ids
 
 
 def marker_ttl(route: Route) -> float:
@@ -208,10 +235,10 @@ def marker_ttl(route: Route) -> float:
     return route.task_timeout * (route.max_redispatch + 2)
 
 
-def _by_route(jobs: Iterable[Job[Work]]) -> list[tuple[Route, list[str]]]:
-    """Task ids per route: each route's markers live as long as its own timeouts need."""
-    ids: dict[int, tuple[Route, list[str]]] = {}
+def _by_route(jobs: Iterable[Job[Work]]) -> list[tuple[Route, list[Job[Work]]]]:
+    """Jobs per route: each route's markers live as long as its own timeouts need."""
+    grouped: dict[int, tuple[Route, list[Job[Work]]]] = {}
     for job in jobs:
         route = job.item.route
-        ids.setdefault(id(route), (route, []))[1].append(job.task_id)
-    return list(ids.values())
+        grouped.setdefault(id(route), (route, []))[1].append(job)
+    return list(grouped.values())

@@ -5,6 +5,12 @@ A partition's waiting jobs become a batch once it is full (``max_records`` recor
 per route still holds, batch by batch: ``partition`` sends one batch at a time; ``key`` never
 lets two running batches hold records of one key (a batch may hold several records of a key,
 in offset order); ``unordered`` sends as many batches as there is room for.
+
+After a rebalance the new owner may see records that an earlier owner already sent in a batch
+whose boundaries it cannot know (a partial batch sent at ``max_wait``, say). The caller learns
+them from the dispatch markers and makes the engine *remember* them: a remembered batch is
+formed again exactly, under its task id, before any new batch of the partition, so the caller
+watches the task already sent instead of sending its records a second time in another batch.
 """
 
 from __future__ import annotations
@@ -97,6 +103,10 @@ def select_batches(
     """The batch jobs ``part`` may send now; none while a partial batch is not due yet."""
     policy = part.policy
     assert policy is not None and policy.batch is not None
+    if part.remembered:
+        again = _remembered(part, room, policy.ordering)
+        if again or part.remembered:
+            return again
     oldest = part.offsets.open.get(part.waiting[0].offset, now)
     waited = now - oldest >= policy.batch.max_wait
     if not (waited or _full(policy.batch, part.waiting, part.size_of)):
@@ -110,3 +120,34 @@ def select_batches(
 def _batch_job(members: list[Job[T]], task_id: str) -> Job[T]:
     first = members[0]
     return Job(first.tp, first.offset, None, first.epoch, task_id, first.item, members=members)
+
+
+def _remembered(part: PartitionWork[T], room: int, mode: Ordering) -> list[Job[T]]:
+    """The earliest remembered batch once all its records still open are waiting (its
+    members are never sent in another batch meanwhile); nothing new goes before it."""
+    while part.remembered:
+        task_id, offsets = part.remembered[0]
+        seen = part.offsets.next_offset or 0  # offsets from here on are not consumed yet
+        still_open = {o for o in offsets if o >= seen or o in part.offsets.open}
+        if not still_open:  # its records all ended meanwhile (dead-lettered on intake)
+            part.remembered.pop(0)
+            continue
+        members = [job for job in part.waiting if job.offset in still_open]
+        if len(members) < len(still_open):
+            return []  # the rest is not consumed yet: wait for it
+        if room <= 0 or (mode is not Ordering.UNORDERED and not _free(part.gate, members, mode)):
+            return []
+        part.remembered.pop(0)
+        taken = {id(job) for job in members}
+        kept = [job for job in part.waiting if id(job) not in taken]
+        part.waiting.clear()
+        part.waiting.extend(kept)
+        return [_batch_job(members, task_id)]
+    return []
+
+
+def _free(gate: PartitionGate, members: list[Job[Any]], mode: Ordering) -> bool:
+    """Whether the ordering lets a batch of ``members`` start now."""
+    if mode is Ordering.PARTITION:
+        return not gate.running
+    return not any(gate.busy[job.key] for job in members)

@@ -197,6 +197,14 @@ class WorkEngine(CommitPoints[T], Generic[T]):
             self._ready.add(part.waiting[0].tp)
         return picked
 
+    def remember_batch(self, job: Job[T], task_id: str, offsets: frozenset[int]) -> None:
+        """An earlier owner sent ``offsets`` of ``job``'s partition as batch ``task_id``: form
+        that batch again before any other (see core/batches.py)."""
+        part = self._owned(job.tp, job.epoch)
+        if part is not None and all(task_id != known for known, _ in part.remembered):
+            part.remembered.append((task_id, offsets))
+            part.remembered.sort(key=lambda entry: min(entry[1], default=-1))
+
     def hold(self, route: str, until: float) -> None:
         """Send nothing of ``route`` (a policy's ``name``) before ``until``."""
         self._held[route] = until  # one entry per configured route at most

@@ -32,6 +32,7 @@ class PartitionWork(Generic[T]):
         "paused_by_total",
         "policy",
         "progress",
+        "remembered",
         "rewind_reported",
         "sizes",
         "waiting",
@@ -63,6 +64,9 @@ class PartitionWork(Generic[T]):
         self.rewind_reported = False
         #: paused because all partitions together reached the total cap, not its own
         self.paused_by_total = False
+        #: batches an earlier owner sent (task id, record offsets), lowest first: formed again
+        #: exactly so, under the same task id, before any new batch (see core/batches.py)
+        self.remembered: list[tuple[str, frozenset[int]]] = []
 
     @property
     def open_count(self) -> int:

@@ -1,5 +1,5 @@
-"""Batch tasks (``routes[].batch``) under the faults single tasks are tested with: a Kafka
-broker restart.
+"""Batch tasks (``routes[].batch``) under the faults single tasks are tested with: a rolling
+restart with SIGTERM and a Kafka broker restart.
 
 A batch is one Celery task carrying consecutive records of one partition; the bridge commits
 its records only once the batch task succeeded. The invariants are checked per *record* (the
@@ -23,6 +23,25 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(PROFILE.timeout)]
 
 #: at most 10 records or 0.5 s of waiting per batch task
 BATCH_ROUTE = {"task": "it.batch", "batch": {"max_records": 10, "max_wait": 0.5}}
+
+
+def test_12_batches_through_a_rolling_restart_with_sigterm(
+    run: RunFactory, profile: Profile
+) -> None:
+    partitions, instances = 6, 3
+    planned = numbered(profile.records(900), partitions, seed=12, sleep_ms=(2, 10))
+    restarts = instances * profile.rounds
+    with run("12-batches-rolling-sigterm", planned, partitions, route=BATCH_ROUTE) as sc:
+        sc.start(bridges=instances, rate=90)
+        for point in progress_points(restarts, 0.1, 0.8):
+            sc.wait_executed(point)
+            oldest = sc.fleet.running()[0]
+            assert sc.fleet.stop(oldest) == 0, oldest.log_tail()
+            sc.fleet.start()
+        sc.fault_over()
+        # a leaving bridge hands its queued batches on: the next owner finds their markers,
+        # the records' ones too, and forms an earlier owner's partial batches again exactly
+        sc.finish(Bounds(duplicates=0, recovery=90))
 
 
 def test_13_batches_through_a_kafka_restart(

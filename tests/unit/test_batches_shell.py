@@ -4,13 +4,18 @@ and how a batch's outcome becomes every record's."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from tests.unit.test_loop_shell import TOPIC, Shell, make_shell
+from bridge.batch_markers import BatchMemberMarks
+from bridge.dispatch_ledger import Known
+from tests.unit.test_loop_shell import TOPIC, FakeLedger, Shell, make_shell
 
 
-def batched(**batch: Any) -> Shell:
-    return make_shell(batch={"max_records": 3, "max_wait": 0.5, **batch}, **_route_extra(batch))
+def batched(ledger: FakeLedger | None = None, **batch: Any) -> Shell:
+    batch = {"max_records": 3, "max_wait": 0.5, **batch}
+    return make_shell(ledger=ledger, batch=batch, **_route_extra(batch))
 
 
 def _route_extra(batch: dict[str, Any]) -> dict[str, Any]:
@@ -153,3 +158,59 @@ def test_a_lost_batch_is_sent_again_whole_then_dead_lettered_record_by_record() 
         (0, "task_timeout"),
         (1, "task_timeout"),
     ]
+
+
+@dataclass
+class MarkingLedger(FakeLedger):
+    """Markers with values, as the Redis ledger keeps them, shared by two owners."""
+
+    markers: dict[str, str] = field(default_factory=dict)
+
+    def lookup(self, task_ids: list[str]) -> Known:
+        known = super().lookup(task_ids)
+        for task_id in task_ids:
+            value = self.markers.get(task_id)
+            if value is not None and task_id not in known.finals:
+                known.in_progress.add(task_id)
+                if value != "1":
+                    known.batch_of[task_id] = value
+        return known
+
+    def mark(self, task_ids: Any, ttl: float) -> None:
+        self.mark_members(dict.fromkeys(task_ids, "1"), ttl)
+
+    def mark_members(self, values: Mapping[str, str], ttl: float) -> None:
+        self.markers.update(values)
+
+
+def test_a_new_owner_watches_an_earlier_owner_s_batches_even_when_it_would_cut_them_otherwise() -> (
+    None
+):
+    """The earlier owner sent 0-2, then 3-4 at max_wait, and left (its tasks still queued).
+    The new owner sees 0-5 at once: it would send 0-2 (same id: watched) and 3-5 (another id),
+    running 3 and 4 twice. It forms 3-4 again instead, watches it, and sends only 5."""
+    ledger = MarkingLedger()
+    assert isinstance(ledger, BatchMemberMarks)
+    old = batched(ledger=ledger)
+    old.assign(0)
+    produce(old, 0, [n(i) for i in range(5)])
+    old.turn(2)
+    old.clock.now += 0.5
+    old.turn()
+    first, second = old.dispatcher.sent
+    assert second.args == [[{"n": 3}, {"n": 4}]]
+
+    new = batched(ledger=ledger)
+    new.assign(0)
+    produce(new, 0, [n(i) for i in range(6)])
+    new.turn(3)
+    new.clock.now += 0.5
+    new.turn(2)
+    assert [r.args for r in new.dispatcher.sent] == [[[{"n": 5}]]]  # only the new record
+    assert {first.task_id, second.task_id} <= new.watcher.watched
+    new.finish(first)
+    new.finish(second)
+    new.finish(new.dispatcher.sent[0])
+    new.turn()
+    new.commit_now()
+    assert new.consumer.committed[(TOPIC, 0)] == 6

@@ -261,7 +261,9 @@ def shell() -> Shell:
     return make_shell()
 
 
-def make_shell(**route: Any) -> Shell:
+def make_shell(ledger: FakeLedger | None = None, **route: Any) -> Shell:
+    """A loop on fakes, routing ``TOPIC`` with ``route``'s settings; ``ledger``: one shared
+    with another shell (an earlier owner's markers)."""
     settings = Settings(
         routes=[{"topic": TOPIC, "task": "tasks.t", "task_timeout": 30, **route}],
         limits={"revoke_grace": 0, "max_in_flight_total": 100},
@@ -271,7 +273,7 @@ def make_shell(**route: Any) -> Shell:
     watcher, dispatcher, ledger, dlq = (
         FakeWatcher(),
         FakeDispatcher(),
-        FakeLedger(),
+        ledger or FakeLedger(),
         FakeDeadLetters(),
     )
     clock = Clock()
@@ -521,7 +523,7 @@ def test_dispatch_markers_live_as_long_as_each_record_s_route_needs() -> None:
         Job(rec.tp, 0, None, 1, f"id-{rec.topic}", Work(rec, route))
         for rec, route in zip(records, settings.routes, strict=True)
     ]
-    assert [(r.task, ids) for r, ids in _by_route(jobs)] == [
+    assert [(r.task, [j.task_id for j in js]) for r, js in _by_route(jobs)] == [
         ("a", ["id-orders"]),
         ("b", ["id-other"]),
     ]
