@@ -12,11 +12,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from bridge.celery_app import make_celery_app
-from bridge.db_ledger import marker_table, upsert
+from bridge.db_ledger import DatabaseLedger, RedisMarkers, TableMarkers, marker_table, upsert
 from bridge.db_results import (
     CHUNK,
     MIN_INTERVAL,
     QUERY_BUDGET,
+    DatabaseResults,
     chunks,
     database_url,
     error_text,
@@ -24,7 +25,15 @@ from bridge.db_results import (
     sweep_interval,
     task_table,
 )
-from bridge.settings import CelerySettings, ConfigError, load_settings
+from bridge.result_source import ResultParts, open_results
+from bridge.settings import (
+    CelerySettings,
+    ConfigError,
+    ResultSettings,
+    Route,
+    Settings,
+    load_settings,
+)
 
 
 @pytest.mark.parametrize("open_tasks", [0, 1, CHUNK, 2 * CHUNK])
@@ -140,3 +149,48 @@ def test_rate_limits_without_any_redis_are_a_config_error(tmp_path: Path) -> Non
         load_settings(write(tmp_path, text))
     redis_broker = text.replace("amqp://guest:guest@h//", "redis://h:6379/0")
     assert load_settings(write(tmp_path, redis_broker)).routes[1].rate_limit == "10/s"
+
+
+def parts_for(broker: str, markers: bool = True) -> ResultParts:
+    celery = CelerySettings(broker_url=broker, result_backend="db+postgresql://u:p@db.invalid/d")
+    settings = Settings(
+        celery=celery,
+        routes=[Route(topic="t", task="x")],
+        results=ResultSettings(dispatch_markers=markers),
+    )
+    return open_results(settings, make_celery_app(celery))  # nothing connects yet
+
+
+@pytest.mark.parametrize(
+    ("broker", "markers", "where"),
+    [
+        ("redis://127.0.0.1:6399/0", True, RedisMarkers),  # the broker's Redis, rate limits too
+        ("amqp://guest:guest@127.0.0.1:5999//", True, TableMarkers),  # a table of the database
+        ("amqp://guest:guest@127.0.0.1:5999//", False, type(None)),  # none, as asked
+    ],
+)
+def test_a_database_backend_keeps_markers_where_it_can(
+    broker: str, markers: bool, where: type
+) -> None:
+    parts = parts_for(broker, markers)
+    try:
+        assert isinstance(parts.source, DatabaseResults)
+        assert isinstance(parts.ledger, DatabaseLedger)
+        assert isinstance(parts.ledger._markers, where)
+        assert (parts.redis is not None) == broker.startswith("redis://")
+    finally:
+        for close in parts.closers:
+            close()
+
+
+def test_a_database_backend_without_its_driver_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if not installed
+    with pytest.raises(ConfigError) as caught:
+        parts_for("redis://127.0.0.1:6399/0")
+    message = str(caught.value)
+    assert message.startswith("celery.result_backend: a database backend needs SQLAlchemy")
+    assert "celery-kafka-bridge[postgres]" in message and "p@db" not in message
