@@ -12,6 +12,7 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer
@@ -63,6 +64,24 @@ def never_ahead(probe: CommitProbe, runs: list[dict[str, object]]) -> list[tuple
     ]
 
 
+def per_record(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs as one per record: a batch task's line stands for each of its records (its
+    records are consecutive: nothing in these tests fails to decode)."""
+    records = []
+    for run in runs:
+        if "payloads" not in run:
+            records.append(run)
+            continue
+        first, last = run["ckb_batch_first_offset"], run["ckb_batch_last_offset"]
+        assert last - first + 1 == len(run["payloads"]) == run["ckb_batch_size"], run
+        for i, payload in enumerate(run["payloads"]):
+            records.append(
+                {"payload": payload, "ckb_partition": run["ckb_partition"],
+                 "ckb_offset": first + i, "end": run["end"]}
+            )  # fmt: skip
+    return records
+
+
 def run_backlog(
     stack: StackInfo,
     kafka: Kafka,
@@ -70,10 +89,11 @@ def run_backlog(
     work_dir: Path,
     total: int,
     pause_workers_for: float = 0.0,
+    batch: dict[str, Any] | None = None,
 ) -> tuple[float, int, int]:
     """Run ``total`` slow records through one bridge and a small worker pool; optionally stop
-    the pool once a sixth is done and start it again ``pause_workers_for`` seconds later.
-    Returns (seconds, duplicate runs, dead letters)."""
+    the pool once a sixth is done and start it again ``pause_workers_for`` seconds later;
+    with ``batch``, as batch tasks. Returns (seconds, duplicate runs, dead letters)."""
     partitions = 3
     topic = kafka.create_topic(partitions)
     group, queue = unique("g-slow"), unique("q-slow")
@@ -83,6 +103,8 @@ def run_backlog(
         "topic": topic, "task": "it.record", "queue": queue,
         "task_timeout": TASK_TIMEOUT, "max_redispatch": 2,
     }  # fmt: skip
+    if batch is not None:
+        route.update(task="it.batch", batch=batch)
     worker: Worker | None = start_worker(stack, queue, work_dir, concurrency=CONCURRENCY)
     bridge = start_bridge(bridge_config(stack, group, [route]), work_dir)
     started = time.monotonic()
@@ -115,7 +137,7 @@ def run_backlog(
         if worker is not None:
             worker.stop()
     assert exit_code == 0, bridge.log_tail()
-    runs = executions.of(topic)
+    runs = per_record(executions.of(topic))
     done = Counter(run["payload"]["n"] for run in runs)
     assert set(done) == set(range(total)), f"{total - len(done)} records never ran"
     ahead = never_ahead(probe, runs)
@@ -149,6 +171,24 @@ def test_a_worker_pool_stopped_for_twice_task_timeout_loses_and_dead_letters_not
     figure(
         f"slow workers stopped {2 * TASK_TIMEOUT:.0f}s mid-run: {total} records, "
         f"{elapsed:.1f}s, {dlq} dead letters, {duplicates} duplicate runs"
+    )
+    assert dlq == 0
+    assert duplicates < total / 100
+
+
+def test_batch_tasks_behind_slow_workers_are_not_dead_lettered(
+    stack: StackInfo, kafka: Kafka, executions: Executions, work_dir: Path
+) -> None:
+    """The same backlog as batch tasks of ten records: one task takes ten times as long,
+    so ``task_timeout`` (3 s) is six batch run times; still nothing is declared lost."""
+    rate = CONCURRENCY * 1000 / SLEEP_MS  # records/s the pool can finish at best
+    total = int(10 * rate * TASK_TIMEOUT)
+    elapsed, duplicates, dlq = run_backlog(
+        stack, kafka, executions, work_dir, total, batch={"max_records": 10, "max_wait": 0.5}
+    )
+    figure(
+        f"slow workers, batches of 10: {total} records, {elapsed:.1f}s "
+        f"(ideal {total / rate:.0f}s), {dlq} dead letters, {duplicates} duplicate runs"
     )
     assert dlq == 0
     assert duplicates < total / 100
