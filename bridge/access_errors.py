@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import re
 import ssl
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import redis
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 
 from bridge.cli_exit import EXIT_RUNTIME, EXIT_USAGE
 from bridge.secrets import mask_text
@@ -93,6 +94,20 @@ class RefusalEvents:
     def __call__(self, error: KafkaError) -> None:
         if error.code() in _AUTHENTICATION or error.code() in (KafkaError._SSL,):
             self.last = error
+
+
+def list_topics(consumer: Any, events: RefusalEvents, timeout: float) -> Any:
+    """``consumer.list_topics()`` that gives up as soon as a refusal event arrived (a wrong
+    password or certificate fails at once; librdkafka would wait out the whole ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return consumer.list_topics(timeout=max(0.1, min(1.0, left)))
+        except KafkaException:
+            consumer.poll(0)  # serves the error events
+            if events.last is not None or left <= 1.0:
+                raise
 
 
 class AccessRefusedError(Exception):
@@ -238,6 +253,8 @@ class RedisClient:
 _EXPIRED = frozenset({9, 10})  # not yet valid, has expired
 _HOST_MISMATCH = frozenset({62, 64})  # hostname, IP address mismatch
 _NOPERM_COMMAND = re.compile(r"run the '([^']+)' command")
+#: a command a script runs is refused (Redis says so as a plain error, not NOPERM)
+_SCRIPT_DENIED = "executing the script can't run this command"
 
 
 def redis_problem(
@@ -258,6 +275,13 @@ def redis_problem(
         if isinstance(cause, redis.exceptions.NoPermissionError):
             grants = {"key": keys and f"~{keys}", "channel": channels and f"&{channels}"}
             return AccessProblem(_noperm(where, client, str(cause), grants, while_), False)
+        if isinstance(cause, redis.ResponseError) and _SCRIPT_DENIED in str(cause):
+            return AccessProblem(
+                f"{where} refused user '{client.user}' a command inside a Lua script{while_} "
+                f"(NOPERM): ACL LOG names it; grant it with ACL SETUSER {client.user} "
+                f"+<command> ({GRANTS_DOC})",
+                settings=False,
+            )
         if isinstance(cause, ssl.SSLError) and "certificate required" in str(cause):
             return AccessProblem(
                 f"{where}: the server wants a client certificate: add ssl_certfile and "

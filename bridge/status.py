@@ -16,7 +16,13 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
-from bridge.access_errors import AccessRefusedError, KafkaClient, RefusalEvents, refusal
+from bridge.access_errors import (
+    AccessRefusedError,
+    KafkaClient,
+    RefusalEvents,
+    list_topics,
+    refusal,
+)
 from bridge.core.vocabulary import TP
 from bridge.kafka_clients import consumer_config, quiet_kafka_logger
 from bridge.lag import partition_lag
@@ -49,7 +55,7 @@ def group_status(settings: Settings, timeout: float = 10.0) -> list[PartitionSta
     config = {**consumer_config(settings.kafka), "logger": quiet_kafka_logger("status")}
     consumer: Any = Consumer({**config, "error_cb": events})
     try:
-        return _group_status(consumer, settings, timeout)
+        return _group_status(consumer, events, settings, timeout)
     except KafkaException as exc:
         consumer.poll(0)  # serves the error events that say why
         problem = refusal(exc, events, KafkaClient.of(config), settings.kafka.group_id)
@@ -60,8 +66,10 @@ def group_status(settings: Settings, timeout: float = 10.0) -> list[PartitionSta
         consumer.close()
 
 
-def _group_status(consumer: Any, settings: Settings, timeout: float) -> list[PartitionStatus]:
-    metadata = consumer.list_topics(timeout=timeout)
+def _group_status(
+    consumer: Any, events: RefusalEvents, settings: Settings, timeout: float
+) -> list[PartitionStatus]:
+    metadata = list_topics(consumer, events, timeout)
     tps = [
         TopicPartition(topic, p)
         for topic in routed_topics(settings, list(metadata.topics))

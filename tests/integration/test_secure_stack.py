@@ -69,7 +69,7 @@ def recorded(clients: SecureClients) -> Iterator[Executions]:
 
 @pytest.fixture(scope="module")
 def queue() -> str:
-    return unique("q-secure")
+    return unique("ckb-secure")  # the queues the stack's Redis users may use: ckb-*
 
 
 @pytest.fixture(scope="module")

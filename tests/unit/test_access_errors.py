@@ -252,6 +252,16 @@ def test_certificate_failures_inside_a_connection_error(code: int, says: str) ->
     assert says in problem.message
 
 
+def test_a_command_refused_inside_a_script() -> None:
+    text = (
+        "The user executing the script can't run this command or subcommand script: "
+        "9a2b966a0a2d2d0e36ec32bc30fc89342b94a4bf, on @user_script:4."
+    )
+    problem = redis_problem(redis.ResponseError(text), BACKEND, "applying rate limits")
+    assert problem is not None and not problem.settings
+    assert "a command inside a Lua script while applying rate limits (NOPERM)" in problem.message
+
+
 def test_a_redis_outage_is_no_access_problem() -> None:
     assert redis_problem(redis.ConnectionError("Connection refused"), BACKEND) is None
     assert redis_problem(redis.TimeoutError("Timeout"), BACKEND) is None
