@@ -9,12 +9,7 @@ dead-lettered; kill -9 of the bridge loses nothing.
 
 from __future__ import annotations
 
-import json
-import os
-import random
-import signal
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,19 +23,17 @@ from bridge.db_results import CHUNK, DatabaseResults, database_url, result_decod
 from bridge.results import TaskEvent
 from bridge.stack import StackInfo
 from bridge.stack.postgres import PostgresNode
-from tests.figures import figure
+from tests.integration import core_scenarios as core
 from tests.integration.harness import (
     Executions,
     Kafka,
     Worker,
     bridge_config,
-    start_bridge,
     start_worker,
     unique,
-    wait_for,
 )
-from tests.integration.test_core_path import CommitProbe
-from tests.integration.test_failure_path import dlq_messages
+
+NAME = "Redis/PostgreSQL"
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +50,6 @@ def pg_worker(
     worker.stop()
 
 
-def route(topic: str, queue: str, **extra: object) -> dict[str, object]:
-    return {"topic": topic, "task": "it.record", "queue": queue, "call": "arg", **extra}
-
-
-def runs_of(executions: Executions, topic: str) -> Counter[tuple[int, int]]:
-    return Counter((run["ckb_partition"], run["ckb_offset"]) for run in executions.of(topic))
-
-
 def test_records_run_and_commit_after_success_never_ahead(
     postgres_stack: StackInfo,
     kafka: Kafka,
@@ -73,41 +58,11 @@ def test_records_run_and_commit_after_success_never_ahead(
     queue: str,
     work_dir: Path,
 ) -> None:
-    partitions, total = 3, 900
-    topic = kafka.create_topic(partitions, prefix="pg-core")
-    group = unique("g-pg-core")
-    rng = random.Random(5)
-    values = (json.dumps({"n": i, "sleep_ms": rng.randint(0, 20)}).encode() for i in range(total))
-    kafka.produce(topic, values, partition_of=lambda i: i % partitions)
-    config = bridge_config(postgres_stack, group, [route(topic, queue)])
-    assert config["celery"]["result_backend"].startswith("db+postgresql://")
-    bridge = start_bridge(config, work_dir)
-    started = time.monotonic()
-    try:
-        with CommitProbe(kafka, group, topic, partitions) as probe:
-            wait_for(lambda: kafka.caught_up(group, topic, partitions), 120, "all committed")
-        elapsed = time.monotonic() - started
-    finally:
-        exit_code = bridge.terminate()
-    assert exit_code == 0, bridge.log_tail()
-
-    done = runs_of(executions, topic)
-    assert len(done) == total, f"{total - len(done)} records never ran"
-    finished_at: dict[tuple[int, int], float] = {}
-    for run in executions.of(topic):
-        key = (run["ckb_partition"], run["ckb_offset"])
-        finished_at[key] = min(finished_at.get(key, run["end"]), run["end"])
-    ahead = [
-        (p, offset)
-        for read_at, sample in probe.samples
-        for p, committed in sample.items()
-        for offset in range(max(committed, 0))
-        if finished_at.get((p, offset), float("inf")) > read_at
-    ]
-    assert not ahead, f"committed past unfinished records: {ahead[:5]}"
-    figure(
-        f"Redis/PostgreSQL core path: {total} records, {partitions} partitions, {elapsed:.1f}s, "
-        f"{total / elapsed:.0f} records/s, {sum(done.values()) - total} duplicate runs"
+    assert bridge_config(postgres_stack, "g", [])["celery"]["result_backend"].startswith(
+        "db+postgresql://"
+    )
+    core.commit_after_success_never_ahead(
+        postgres_stack, kafka, executions, queue, work_dir, NAME, total=900, seed=5
     )
 
 
@@ -119,33 +74,12 @@ def test_a_failing_task_is_dead_lettered(
     queue: str,
     work_dir: Path,
 ) -> None:
-    total = 60
-    topic = kafka.create_topic(2, prefix="pg-fail")
-    group = unique("g-pg-fail")
-
-    def value(n: int) -> bytes:
-        mode = "always_fail" if n % 10 == 3 else "fail_once" if n % 10 == 7 else "ok"
-        return json.dumps({"n": n, "mode": mode}).encode()
-
-    kafka.produce(topic, (value(n) for n in range(total)), partition_of=lambda n: n % 2)
-    config = bridge_config(postgres_stack, group, [route(topic, queue)])
-    bridge = start_bridge(config, work_dir)
-    try:
-        wait_for(lambda: kafka.caught_up(group, topic, 2), 90, "all committed")
-    finally:
-        exit_code = bridge.terminate()
-    assert exit_code == 0, bridge.log_tail()
-
-    always = {n for n in range(total) if n % 10 == 3}
-    dead = dlq_messages(kafka, f"{topic}.dlq")
-    failed = sorted(json.loads(d["value"])["n"] for d in dead)  # type: ignore[arg-type]
-    assert failed == sorted(always), "each failing record dead-lettered exactly once"
-    headers = [d["headers"] for d in dead]
-    assert {h["ckb.reason"] for h in headers} == {b"task_failed"}  # type: ignore[index]
+    dead = core.failing_tasks_dead_lettered(
+        postgres_stack, kafka, executions, queue, work_dir, NAME
+    )
     # the exception came from the result column (json), not just the state
-    assert {h["ckb.error.class"] for h in headers} == {b"PlannedFailure"}  # type: ignore[index]
-    ran = {run["payload"]["n"] for run in executions.of(topic)}
-    assert ran == set(range(total)) - always, "the others (fail-once too) succeeded"
+    classes = {d["headers"]["ckb.error.class"] for d in dead}
+    assert classes == {b"PlannedFailure"}
 
 
 def test_kill_9_of_the_bridge_loses_nothing_and_never_commits_ahead(
@@ -156,41 +90,12 @@ def test_kill_9_of_the_bridge_loses_nothing_and_never_commits_ahead(
     queue: str,
     work_dir: Path,
 ) -> None:
-    partitions, total = 2, 400
-    topic = kafka.create_topic(partitions, prefix="pg-kill")
-    values = (json.dumps({"n": n, "sleep_ms": 10}).encode() for n in range(total))
-    kafka.produce(topic, values, partition_of=lambda n: n % partitions)
-    # a killed member's partitions move after its session timeout: keep it short
-    consumer = {"session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"}
-    routes = [route(topic, queue, max_in_flight=50)]
-    group = unique("g-pg-kill")
-    config = bridge_config(postgres_stack, group, routes, kafka={"consumer": consumer})
-    first = start_bridge(config, work_dir, "first")
-    try:
-        wait_for(lambda: executions.count(topic) >= total // 3, 60, "a third of the records")
-        os.kill(first.process.pid, signal.SIGKILL)
-        first.process.wait(10)
-    finally:
-        first.kill()
-    committed = kafka.committed(group, topic, partitions)
-    finished = runs_of(executions, topic)  # read after the commits: only more can finish
-    for p, offset in committed.items():
-        unfinished = [o for o in range(max(offset, 0)) if (p, o) not in finished]
-        assert not unfinished, f"partition {p} committed {offset} ahead of {unfinished[:5]}"
-    assert sum(max(o, 0) for o in committed.values()) < total, "killed before the end"
-
-    second = start_bridge(config, work_dir, "second")
-    try:
-        wait_for(lambda: kafka.caught_up(group, topic, partitions), 90, "all committed")
-    finally:
-        assert second.terminate() == 0, second.log_tail()
-    runs = runs_of(executions, topic)
-    assert len(runs) == total, f"{total - len(runs)} records lost"
+    duplicates = core.kill_9_loses_nothing(
+        postgres_stack, kafka, executions, queue, work_dir, NAME, total=400
+    )
     # the second bridge found the first one's finished tasks in celery_taskmeta and its sent
     # ones by their markers in the broker's Redis: duplicates only of tasks running at the kill
-    duplicates = sum(runs.values()) - total
     assert duplicates <= 100, f"{duplicates} duplicate runs: the ledger was not read"
-    figure(f"Redis/PostgreSQL kill -9: {total} records, {duplicates} duplicate runs")
 
 
 # -- the result source and the ledger on their own: the real PostgreSQL, and SQLite through ---
