@@ -55,9 +55,12 @@ class SecureSetup:
 
     def check(self, asked: bool, formatted: bool, extras: bool) -> None:
         """Make what is missing; StackError for a plain Kafka storage (its SCRAM users are made
-        when it is formatted) or Flower or RabbitMQ, which a secured stack does not run."""
+        when it is formatted) or Flower, RabbitMQ or PostgreSQL, which a secured stack does
+        not run."""
         if extras:
-            raise StackError("--secure runs Kafka and Redis only: drop --flower and --broker")
+            raise StackError(
+                "--secure runs Kafka and Redis only: drop --flower, --broker and --backend"
+            )
         if asked and formatted and not self.secrets_dir.is_dir():
             raise StackError(
                 f"{self.root} holds a plain stack; a secured one needs a fresh state dir: "
