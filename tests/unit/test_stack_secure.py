@@ -79,6 +79,6 @@ def test_a_plain_stack_is_not_secured_in_place_and_extras_are_refused(tmp_path: 
     setup = SecureSetup(tmp_path)
     with pytest.raises(StackError, match="--state-dir"):
         setup.check(asked=True, formatted=True, extras=False)
-    with pytest.raises(StackError, match="--flower and --broker"):
+    with pytest.raises(StackError, match="--flower, --broker and --backend"):
         setup.check(asked=True, formatted=False, extras=True)
     assert not setup.secrets_dir.exists()
