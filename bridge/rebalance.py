@@ -91,7 +91,8 @@ class RebalanceCallbacks:
         began = self._clock()
         awaited = self._wait_for_running(tps)
         # the group waits for this commit; at shutdown it was made already, asynchronously
-        self._commits.commit(sync=not self._stopping(), tps=tps)
+        # (without markers a revoke inside the shutdown's wait just waited: commit that)
+        self._commits.commit(sync=not self._stopping() or not self._markers, tps=tps)
         handed_on = self._engine.in_flight_of(tps)
         self._forget(consumer, tps)
         log.info(
@@ -107,13 +108,15 @@ class RebalanceCallbacks:
         """Up to ``revoke_grace``, until the tasks of ``tps`` a worker started or took by now
         finished (with markers; else every task in flight) and no dead letter of ``tps`` that
         may still land is pending (another partition's, or one its topic refuses, is not waited
-        for); not at all once the bridge stops (shutdown waited already). How many it waited
-        for."""
-        if self._stopping():
+        for); with markers not at all once the bridge stops (shutdown waited already). Without
+        markers a revoke inside the shutdown's wait (a member joined meanwhile) waits as any
+        other: the new owner would send every task in flight again. How many it waited for."""
+        adopted = self._markers  # the next owner adopts what is left: stopping ends the wait
+        if self._stopping() and adopted:
             return 0
         awaited = running_tasks(self._engine, tps) if self._markers else None
         deadline = self._clock() + self._revoke_grace
-        while self._clock() < deadline and not self._stopping():
+        while self._clock() < deadline and not (self._stopping() and adopted):
             left = (
                 self._engine.in_flight_of(tps)
                 if awaited is None

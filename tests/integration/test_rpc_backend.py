@@ -164,6 +164,53 @@ def test_a_failing_task_is_dead_lettered(
     assert ran == set(range(total)) - always, "the others (fail-once too) succeeded"
 
 
+def test_a_rebalance_waits_for_the_tasks_in_flight_so_none_runs_twice(
+    rabbitmq_stack: StackInfo,
+    kafka: Kafka,
+    executions: Executions,
+    rpc_worker: Worker,
+    queue: str,
+    work_dir: Path,
+) -> None:
+    """The new owner of a partition cannot see the replies sent to the old owner's queue, and
+    there are no dispatch markers: so a revoke waits for every task in flight, queued ones
+    too (within revoke_grace), and nothing runs twice."""
+    partitions, total = 4, 2000
+    topic = kafka.create_topic(partitions, prefix="rpc-scale")
+    values = (json.dumps({"n": n, "sleep_ms": 5 + n % 11}).encode() for n in range(total))
+    kafka.produce(topic, values, partition_of=lambda n: n % partitions)
+    group = unique("g-rpc-scale")
+    consumer = {"session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"}
+    routes = [route(topic, queue, max_in_flight=100)]
+    config = rpc_config(
+        rabbitmq_stack, group, routes, kafka={"consumer": consumer, "commit_interval": 0.5}
+    )
+    first = start_bridge(config, work_dir, "b1")
+    second: BridgeProcess | None = None
+    exit_codes = []
+    try:
+        wait_for(lambda: executions.count(topic) >= total // 10, 60, "a tenth of the records")
+        second = start_bridge(config, work_dir, "b2")
+        joined = second
+        wait_for(lambda: f"assigned {topic}" in joined.log_tail(100_000), 60, "b2 assigned")
+        assert executions.count(topic) < total, "the partitions moved with work left"
+        exit_codes.append(first.terminate())  # leaves cleanly: its partitions move again
+        wait_for(lambda: kafka.caught_up(group, topic, partitions), 60, "all committed")
+    finally:
+        exit_codes.append(first.terminate())
+        if second is not None:
+            exit_codes.append(second.terminate())
+            assert reply_queue(first) != reply_queue(second), "each its own queue"
+    assert exit_codes == [0, 0, 0], (first.log_tail(), second and second.log_tail())
+    revokes = [line for line in first.log_tail(200_000).splitlines() if "revoked " in line]
+    assert revokes and all("; 0 tasks in flight handed on" in line for line in revokes), revokes
+    runs = runs_of(executions, topic)
+    assert len(runs) == total, f"{total - len(runs)} records lost"
+    duplicates = sum(runs.values()) - total
+    figure(f"RabbitMQ/rpc two rebalances: {total} records, {duplicates} duplicate runs")
+    assert duplicates == 0, f"{duplicates} tasks ran twice"
+
+
 def test_kill_9_loses_nothing_and_the_same_member_reads_its_predecessors_replies(
     rabbitmq_stack: StackInfo,
     kafka: Kafka,
