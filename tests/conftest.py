@@ -21,6 +21,8 @@ from bridge.stack import LocalStack, StackInfo
 from bridge.stack.paths import StatePaths
 from bridge.stack.postgres import PostgresNode
 from bridge.stack.rabbitmq import RabbitNode
+from bridge.stack.redis_server import RedisNode
+from bridge.stack.sentinel import SentinelSet
 from tests import figures
 from tests.integration.harness import (
     SHARED_QUEUE,
@@ -83,6 +85,27 @@ def postgres_stack(stack: StackInfo, postgres_node: PostgresNode) -> StackInfo:
     """The session's Kafka and Redis (broker) with PostgreSQL as the result backend: the
     harness helpers (``bridge_config``, ``start_worker``) take it like ``stack``."""
     return dataclasses.replace(stack, postgres_url=postgres_node.url)
+
+
+@pytest.fixture(scope="session")
+def sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
+    """A real Redis Sentinel set (a master, one replica, three sentinels), started once per
+    session when a test asks for it."""
+    paths = StatePaths(tmp_path_factory.mktemp("sentinel"))
+    master = RedisNode(paths, free_port(), "redis-master", label="Redis master")
+    sentinels = SentinelSet(paths, master, free_port(), tuple(free_port() for _ in range(3)))
+    sentinels.start()
+    try:
+        yield sentinels
+    finally:
+        sentinels.stop()
+
+
+@pytest.fixture(scope="session")
+def sentinel_stack(stack: StackInfo, sentinel_set: SentinelSet) -> StackInfo:
+    """The session's Kafka (and Redis for the test recorder) with the Sentinel set as broker
+    and result backend (``sentinel://``): the harness helpers take it like ``stack``."""
+    return dataclasses.replace(stack, sentinel=sentinel_set.clients)
 
 
 @pytest.fixture(scope="session")

@@ -184,6 +184,7 @@ def worker_env(stack: StackInfo, recorder_db: int = 2) -> dict[str, str]:
         **os.environ,
         "CKB_CELERY__BROKER_URL": stack.broker_url,
         "CKB_CELERY__RESULT_BACKEND": stack.result_backend,
+        "CKB_CELERY__OPTIONS": json.dumps(stack.celery_options),
         "CKB_IT_RECORDER_URL": f"{stack.redis_url}/{recorder_db}",
         "PYTHONPATH": str(REPO),
     }
@@ -264,6 +265,7 @@ def bridge_config(
         "celery": {
             "broker_url": stack.broker_url,  # Redis database 0, or the session's RabbitMQ
             "result_backend": stack.result_backend,  # Redis database 1, or PostgreSQL
+            "options": stack.celery_options,  # a sentinel:// URL's master_name
         },
         "routes": routes,
         "results": {"reconcile_interval": 1.0},

@@ -1,32 +1,33 @@
 """The core path with Redis Sentinel as the Celery broker *and* the result backend.
 
-A real Sentinel set (a master, one replica, three sentinels; started once per session, only
-when these tests run), a real Celery worker given the same ``sentinel://`` URLs and options as
-the bridge (``CKB_CELERY__OPTIONS``): records run and are committed after success, never ahead;
-failures are dead-lettered; kill -9 of the bridge loses nothing; and a failover mid-run
-(``SENTINEL FAILOVER``) loses nothing, commits nothing ahead, and the bridge follows the new
-master.
+A real Sentinel set (the session's ``sentinel_set``: a master, one replica, three sentinels,
+started only when these tests run), a real Celery worker given the same ``sentinel://`` URLs
+and options as the bridge (``CKB_CELERY__OPTIONS``): the core scenarios (commit after success
+never ahead, failures dead-lettered, kill -9 of the bridge loses nothing); the dispatcher's
+pipelined batch and queue-depth read on kombu's Sentinel channel; and a failover mid-run
+(``SENTINEL FAILOVER``, then the old master killed) that loses nothing, commits nothing ahead,
+and that the bridge follows to the new master.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 
+from bridge.celery_app import make_celery_app
+from bridge.dispatcher import Dispatcher, TaskRequest
+from bridge.settings import CelerySettings
 from bridge.stack import StackInfo
-from bridge.stack.paths import StatePaths
-from bridge.stack.redis_server import RedisNode
 from bridge.stack.sentinel import SentinelSet
 from tests.figures import figure
+from tests.integration import core_scenarios as core
+from tests.integration.core_scenarios import route, runs_of
 from tests.integration.harness import (
     REDIS_BACK,
     REDIS_DOWN,
@@ -34,44 +35,14 @@ from tests.integration.harness import (
     Kafka,
     Worker,
     bridge_config,
-    free_port,
     start_bridge,
     start_worker,
     unique,
     wait_for,
 )
 from tests.integration.test_core_path import CommitProbe
-from tests.integration.test_failure_path import dlq_messages
-from tests.integration.test_rabbitmq import route, runs_of
 
-
-@pytest.fixture(scope="session")
-def sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
-    paths = StatePaths(tmp_path_factory.mktemp("sentinel"))
-    master = RedisNode(paths, free_port(), "redis-master", label="Redis master")
-    sentinels = SentinelSet(paths, master, free_port(), tuple(free_port() for _ in range(3)))
-    sentinels.start()
-    try:
-        yield sentinels
-    finally:
-        sentinels.stop()
-
-
-@pytest.fixture(scope="module")
-def celery_settings(sentinel_set: SentinelSet) -> dict[str, Any]:
-    """The bridge's ``celery`` section; the worker gets the same URLs and options."""
-    transport = {"master_name": sentinel_set.master_name}
-    return {
-        "broker_url": sentinel_set.url(0),
-        "result_backend": sentinel_set.url(1),
-        "options": {
-            "broker_transport_options": transport,
-            "result_backend_transport_options": transport,
-            # what a worker behind Sentinel wants: a result write that meets a failover is
-            # retried on the new master instead of being lost
-            "result_backend_always_retry": True,
-        },
-    }
+NAME = "Sentinel/Sentinel"
 
 
 @pytest.fixture(scope="module")
@@ -81,25 +52,16 @@ def queue() -> str:
 
 @pytest.fixture(scope="module")
 def sentinel_worker(
-    stack: StackInfo,
-    celery_settings: dict[str, Any],
-    queue: str,
-    tmp_path_factory: pytest.TempPathFactory,
+    sentinel_stack: StackInfo, queue: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Worker]:
-    env = {
-        "CKB_CELERY__BROKER_URL": celery_settings["broker_url"],
-        "CKB_CELERY__RESULT_BACKEND": celery_settings["result_backend"],
-        "CKB_CELERY__OPTIONS": json.dumps(celery_settings["options"]),
-    }
-    worker = start_worker(stack, queue, tmp_path_factory.mktemp("sentinel-worker"), 8, env=env)
+    # what a worker behind Sentinel wants: a result write that meets a failover is retried
+    # (on the new master) instead of failing the task
+    options = {**sentinel_stack.celery_options, "result_backend_always_retry": True}
+    env = {"CKB_CELERY__OPTIONS": json.dumps(options)}
+    work = tmp_path_factory.mktemp("sentinel-worker")
+    worker = start_worker(sentinel_stack, queue, work, 8, env=env)
     yield worker
     worker.stop()
-
-
-def config(
-    stack: StackInfo, celery: dict[str, Any], group: str, routes: list[Any], **extra: Any
-) -> dict[str, Any]:
-    return bridge_config(stack, group, routes, celery=celery, **extra)
 
 
 def master(sentinel_set: SentinelSet, db: int) -> redis.Redis:
@@ -126,118 +88,74 @@ def committed_ahead(
 
 
 def test_records_run_through_sentinel_and_commit_after_success_never_ahead(
-    stack: StackInfo,
+    sentinel_stack: StackInfo,
+    sentinel_set: SentinelSet,
     kafka: Kafka,
     executions: Executions,
-    sentinel_set: SentinelSet,
-    celery_settings: dict[str, Any],
     sentinel_worker: Worker,
     queue: str,
     work_dir: Path,
 ) -> None:
-    partitions, total = 3, 600
-    topic = kafka.create_topic(partitions, prefix="sentinel-core")
-    group = unique("g-sentinel-core")
-    values = (json.dumps({"n": n, "sleep_ms": n % 7}).encode() for n in range(total))
-    kafka.produce(topic, values, partition_of=lambda n: n % partitions)
-    bridge = start_bridge(config(stack, celery_settings, group, [route(topic, queue)]), work_dir)
-    started = time.monotonic()
-    try:
-        with CommitProbe(kafka, group, topic, partitions) as probe:
-            wait_for(lambda: kafka.caught_up(group, topic, partitions), 90, "all committed")
-        elapsed = time.monotonic() - started
-    finally:
-        exit_code = bridge.terminate()
-    assert exit_code == 0, bridge.log_tail()
-    done = runs_of(executions, topic)
-    assert len(done) == total, f"{total - len(done)} records never ran"
-    assert not committed_ahead(probe, executions, topic), "committed past unfinished records"
+    assert bridge_config(sentinel_stack, "g", [])["celery"]["broker_url"].startswith("sentinel:")
+    core.commit_after_success_never_ahead(
+        sentinel_stack, kafka, executions, queue, work_dir, NAME, total=600, seed=5
+    )
     # the results are in the Sentinel master's database 1, not in the session's Redis
     with master(sentinel_set, 1) as results:
-        assert results.exists(f"celery-task-meta-{executions.of(topic)[0]['task_id']}")
-    figure(
-        f"Sentinel/Sentinel core path: {total} records, {partitions} partitions, "
-        f"{elapsed:.1f}s, {total / elapsed:.0f} records/s, {sum(done.values()) - total} "
-        "duplicate runs"
-    )
+        assert any(key.startswith(b"celery-task-meta-") for key in results.scan_iter(count=500))
 
 
 def test_a_failing_task_is_dead_lettered_through_sentinel(
-    stack: StackInfo,
+    sentinel_stack: StackInfo,
     kafka: Kafka,
     executions: Executions,
-    celery_settings: dict[str, Any],
     sentinel_worker: Worker,
     queue: str,
     work_dir: Path,
 ) -> None:
-    total = 40
-    topic = kafka.create_topic(2, prefix="sentinel-fail")
-    group = unique("g-sentinel-fail")
-    modes = {3: "always_fail", 7: "fail_once"}
-    values = (json.dumps({"n": n, "mode": modes.get(n % 10, "ok")}).encode() for n in range(total))
-    kafka.produce(topic, values, partition_of=lambda n: n % 2)
-    bridge = start_bridge(config(stack, celery_settings, group, [route(topic, queue)]), work_dir)
-    try:
-        wait_for(lambda: kafka.caught_up(group, topic, 2), 60, "all committed")
-    finally:
-        exit_code = bridge.terminate()
-    assert exit_code == 0, bridge.log_tail()
-    always = {n for n in range(total) if n % 10 == 3}
-    dead = dlq_messages(kafka, f"{topic}.dlq")
-    assert sorted(json.loads(d["value"])["n"] for d in dead) == sorted(always)  # type: ignore[arg-type]
-    assert {d["headers"]["ckb.reason"] for d in dead} == {b"task_failed"}  # type: ignore[index]
-    assert {run["payload"]["n"] for run in executions.of(topic)} == set(range(total)) - always
+    core.failing_tasks_dead_lettered(sentinel_stack, kafka, executions, queue, work_dir, NAME)
 
 
 def test_kill_9_of_the_bridge_on_sentinel_loses_nothing(
-    stack: StackInfo,
+    sentinel_stack: StackInfo,
     kafka: Kafka,
     executions: Executions,
-    celery_settings: dict[str, Any],
     sentinel_worker: Worker,
     queue: str,
     work_dir: Path,
 ) -> None:
-    partitions, total = 2, 400
-    topic = kafka.create_topic(partitions, prefix="sentinel-kill")
-    values = (json.dumps({"n": n, "sleep_ms": 10}).encode() for n in range(total))
-    kafka.produce(topic, values, partition_of=lambda n: n % partitions)
-    consumer = {"session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"}
-    routes = [route(topic, queue, max_in_flight=40)]
-    settings = config(
-        stack, celery_settings, unique("g-sentinel-kill"), routes, kafka={"consumer": consumer}
-    )
-    group = settings["kafka"]["group_id"]
-    first = start_bridge(settings, work_dir, "first")
+    core.kill_9_loses_nothing(sentinel_stack, kafka, executions, queue, work_dir, NAME, total=400)
+
+
+def test_the_dispatcher_pipelines_and_reads_queue_depth_through_sentinel(
+    sentinel_stack: StackInfo, sentinel_set: SentinelSet
+) -> None:
+    """The Redis fast path (one pipelined batch) and the queue-depth read work on kombu's
+    Sentinel channel, and the messages are on the master the sentinels name. (That they follow
+    a new master is the failover test's: the bridge goes on committing after it.)"""
+    queue = unique("q-sentinel-idle")  # nobody consumes it: the depth is what was sent
+    celery = bridge_config(sentinel_stack, "g", [])["celery"]
+    dispatcher = Dispatcher(make_celery_app(CelerySettings(**celery)), batch_size=50)
+    requests = [
+        TaskRequest(unique("t"), "it.record", [{"n": n}], {}, queue, {}, f"n={n}")
+        for n in range(120)
+    ]
     try:
-        wait_for(lambda: executions.count(topic) >= total // 3, 60, "a third of the records")
-        os.kill(first.process.pid, signal.SIGKILL)
-        first.process.wait(10)
+        dispatcher.publish([dispatcher.encode(request) for request in requests])
+        assert dispatcher.queue_depth(queue) == 120
+        with master(sentinel_set, 0) as broker:
+            assert broker.llen(queue) == 120
+            broker.delete(queue)
+        assert dispatcher.queue_depth(queue) == 0
     finally:
-        first.kill()
-    committed = kafka.committed(group, topic, partitions)
-    finished = runs_of(executions, topic)
-    for p, offset in committed.items():
-        unfinished = [o for o in range(max(offset, 0)) if (p, o) not in finished]
-        assert not unfinished, f"partition {p} committed {offset} ahead of {unfinished[:5]}"
-    assert sum(max(o, 0) for o in committed.values()) < total, "killed before the end"
-    second = start_bridge(settings, work_dir, "second")
-    try:
-        wait_for(lambda: kafka.caught_up(group, topic, partitions), 90, "all committed")
-    finally:
-        assert second.terminate() == 0, second.log_tail()
-    runs = runs_of(executions, topic)
-    assert len(runs) == total, f"{total - len(runs)} records lost"
-    figure(f"Sentinel/Sentinel kill -9: {total} records, {sum(runs.values()) - total} duplicates")
+        dispatcher.close()
 
 
 def test_a_failover_mid_run_loses_nothing_and_the_bridge_follows_the_new_master(
-    stack: StackInfo,
+    sentinel_stack: StackInfo,
     kafka: Kafka,
     executions: Executions,
     sentinel_set: SentinelSet,
-    celery_settings: dict[str, Any],
     sentinel_worker: Worker,
     queue: str,
     work_dir: Path,
@@ -250,8 +168,9 @@ def test_a_failover_mid_run_loses_nothing_and_the_bridge_follows_the_new_master(
     # (task messages, results) is lost with it; the bridge sends those tasks again after
     # task_timeout
     routes = [route(topic, queue, max_in_flight=60, task_timeout=5)]
-    settings = config(stack, celery_settings, unique("g-sentinel-failover"), routes)
+    settings = bridge_config(sentinel_stack, unique("g-sentinel-failover"), routes)
     group = settings["kafka"]["group_id"]
+    sentinel_set.wait_ready()  # a replica in sync, for SENTINEL FAILOVER
     before = sentinel_set.master_address()
     old_master = next(n for n in sentinel_set.data_nodes if before == ("127.0.0.1", n.port))
     bridge = start_bridge(settings, work_dir)
