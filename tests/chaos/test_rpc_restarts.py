@@ -1,0 +1,109 @@
+"""Fault injection on ``rpc://`` results (issue 14): RabbitMQ, the broker that carries both the
+tasks and their replies, killed and restarted mid-run, records flowing.
+
+The bridge's reply queue is durable and the workers publish their replies persistent
+(``result_persistent``), so both outlive the restart; the bridge's reply consumer loses its
+connection, says so, is unhealthy meanwhile and consumes the same queue again once RabbitMQ is
+back. A reply lost all the same (published in the instant of the kill, or given up by a worker
+after its retries) costs the route's ``task_timeout`` and a second run. Checked: the usual
+invariants I1-I5 (nothing lost, never committed ahead, bounded duplicates, commits resume), and
+that the reply consumer really saw RabbitMQ go and come back (its own log says so).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge.stack import StackInfo
+from bridge.stack.rabbitmq import RabbitNode
+from tests.chaos.invariants import Bounds
+from tests.chaos.kit import PROFILE, Profile, SupervisedWorker, logged, numbered, scenario
+from tests.integration.harness import Executions, Kafka, start_worker, unique, wait_for
+
+REPLIES_DOWN = "result replies (RabbitMQ) unavailable"
+REPLIES_BACK = "result replies (RabbitMQ) available again"
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(PROFILE.timeout)]
+
+
+@pytest.fixture(scope="module")
+def rpc_workers(
+    rabbitmq_stack: StackInfo, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SupervisedWorker]:
+    """A worker replying with rpc://, started again if it exits."""
+    queue = unique("q-chaos-rpc")
+    env = {
+        "CKB_CELERY__RESULT_BACKEND": "rpc://",
+        "CKB_CELERY__OPTIONS": json.dumps({"result_persistent": True}),
+    }
+    worker = SupervisedWorker(
+        lambda log_dir: start_worker(rabbitmq_stack, queue, log_dir, concurrency=4, env=env),
+        queue,
+        tmp_path_factory.mktemp("rpc-chaos-worker"),
+    )
+    yield worker
+    worker.stop()
+
+
+def test_07d_rabbitmq_restarted_under_rpc_results(
+    rabbitmq_stack: StackInfo,
+    rabbitmq_node: RabbitNode,
+    kafka: Kafka,
+    executions: Executions,
+    work_dir: Path,
+    rpc_workers: SupervisedWorker,
+) -> None:
+    profile: Profile = PROFILE
+    partitions, window = 3, 20
+    planned = numbered(profile.records(300), partitions, seed=79, sleep_ms=(5, 30))
+    route = {
+        "queue": rpc_workers.queue, "max_in_flight": window,
+        "task_timeout": 10, "max_redispatch": 5,
+    }  # fmt: skip
+    settings = {
+        "celery": {"result_backend": "rpc://"},
+        "kafka": {"consumer": {}, "commit_interval": 0.5},
+        "limits": {"revoke_grace": 10, "shutdown_grace": 20},
+    }
+    with scenario(
+        name="07d-rabbitmq-restart-rpc",
+        stack=rabbitmq_stack,
+        kafka=kafka,
+        work_dir=work_dir,
+        recorder=executions,
+        planned=planned,
+        partitions=partitions,
+        route=route,
+        settings=settings,
+    ) as sc:
+        sc.start(bridges=1, rate=60)
+        bridge = sc.fleet.running()[0]
+        for point in [0.3, 0.6][: max(1, profile.rounds)]:
+            sc.wait_executed(point)
+            outages = logged(bridge.log_path, REPLIES_DOWN)
+            rabbitmq_node.stop(kill=True)  # a crash, not a clean stop
+            try:  # RabbitMQ stays away until the reply consumer noticed
+                wait_for(
+                    lambda n=outages: logged(bridge.log_path, REPLIES_DOWN) > n,
+                    30,
+                    "the reply consumer to notice RabbitMQ left",
+                )
+            finally:
+                rabbitmq_node.start()  # the session's other RabbitMQ tests use it too
+            sc.fault_over()
+            wait_for(
+                lambda: (
+                    logged(bridge.log_path, REPLIES_BACK) >= logged(bridge.log_path, REPLIES_DOWN)
+                ),
+                60,
+                "the reply consumer to have RabbitMQ back",
+            )
+        resent = logged(bridge.log_path, "sending it again")
+        sc.note(f"tasks sent again after task_timeout (replies lost): {resent}")
+        # tasks a worker had taken run again, and those whose reply was lost
+        sc.finish(Bounds(duplicates=2 * window * partitions, recovery=90))
+    assert not rpc_workers.errors, rpc_workers.errors
