@@ -250,3 +250,38 @@ def test_the_worker_check_wants_rpc_on_both_sides_and_persistent_replies() -> No
         found = judge_rpc(bridge, {"result_backend": worker, "result_persistent": True})
         errors = [f for f in found if f.level == "error"]
         assert errors and errors[0].tasks == frozenset({"billing.charge"}), found
+
+
+def test_unhealthy_while_rabbitmq_cannot_be_reached_and_retried_until_stopped() -> None:
+    calls: list[int] = []
+
+    def refused() -> Any:
+        calls.append(1)
+        raise ConnectionRefusedError("RabbitMQ away")
+
+    results = RpcResults(refused, "ckb.replies.g.x", 60.0, ["json"], False)
+    results.start(wait=0.3)
+    try:
+        wait_until = time.monotonic() + 5
+        while len(calls) < 3 and time.monotonic() < wait_until:
+            time.sleep(0.05)
+        assert len(calls) >= 3, "tried again (with a growing backoff)"
+        assert not results.healthy
+        assert results.crashes == 0, "an outage is not a crash"
+    finally:
+        results.stop()
+
+
+def test_a_bug_in_the_consumer_is_logged_counted_and_restarted() -> None:
+    def broken() -> Any:
+        raise RuntimeError("a bug")
+
+    results = RpcResults(broken, "ckb.replies.g.x", 60.0, ["json"], False)
+    results.start(wait=0.3)
+    try:
+        wait_until = time.monotonic() + 5
+        while results.crashes < 2 and time.monotonic() < wait_until:
+            time.sleep(0.05)
+        assert results.crashes >= 2 and not results.healthy
+    finally:
+        results.stop()
