@@ -13,8 +13,9 @@ fetched.
 few open tasks the bridge sweeps every :data:`MIN_INTERVAL` seconds (outcomes within a fraction
 of a second, one query per sweep); as open tasks grow the interval grows so that the sweeps stay
 within :data:`QUERY_BUDGET` queries per second, up to ``results.reconcile_interval`` at most,
-beyond which the budget is exceeded rather than outcomes delayed further. No open task: no
-query.
+beyond which the budget is exceeded rather than outcomes delayed further. No open task: one
+``SELECT 1`` per ``results.reconcile_interval``, so ``/readyz`` tells a database outage even
+when idle.
 
 The thread owns its connections (a SQLAlchemy engine with Celery's
 ``database_engine_options``); :meth:`DatabaseResults.stored_finals` (the ledger's pre-send
@@ -28,6 +29,7 @@ import logging
 import math
 import queue
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -128,6 +130,8 @@ class DatabaseResults:
         self._thread: threading.Thread | None = None
         self._outage = OutageLog(log, "result backend (database)")
         self._swept = threading.Event()
+        #: when the database last answered a sweep or an idle check (monotonic)
+        self._checked = -math.inf
         #: sweeps and queries run so far (the figures in the README come from them)
         self.sweeps = 0
         self.queries = 0
@@ -194,11 +198,21 @@ class DatabaseResults:
             due = list(self._watched)
         self.sweeps += 1
         if not due:
+            self._idle_check()
             return 0
         with self._engine.connect() as connection:
             for event in self._read(connection, due):
                 self._report(event)
+        self._checked = time.monotonic()
         return len(due)
+
+    def _idle_check(self) -> None:
+        """With nothing open, a ``SELECT 1`` every longest interval keeps ``healthy`` (and so
+        ``/readyz``) true to the database, and finds an outage before the next task does."""
+        if time.monotonic() - self._checked >= self._longest:
+            with self._engine.connect() as connection:
+                connection.execute(sa.select(1))
+            self._checked = time.monotonic()
 
     def _read(self, connection: sa.Connection, task_ids: Sequence[str]) -> Iterator[TaskEvent]:
         for part in chunks(task_ids):

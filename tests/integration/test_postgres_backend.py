@@ -29,6 +29,7 @@ from tests.integration.harness import (
     Kafka,
     Worker,
     bridge_config,
+    free_port,
     start_worker,
     unique,
 )
@@ -205,3 +206,19 @@ def test_markers_go_to_the_broker_redis_when_the_broker_is_redis(
         parts.source.stop()
         for close in parts.closers:
             close()
+
+
+def test_health_tells_the_truth_with_nothing_open(postgres_node: PostgresNode) -> None:
+    """No open task, no sweep query; still an idle ``SELECT 1`` says whether the database
+    answers, so ``/readyz`` is red while it is away, not only once tasks are open."""
+    app = Celery(backend=postgres_node.result_backend)
+    nobody = f"postgresql://ckb@127.0.0.1:{free_port()}/postgres"  # nothing listens there
+    for url, answers in ((postgres_node.url, True), (nobody, False)):
+        engine = sa.create_engine(url, connect_args={"connect_timeout": 2})
+        source = DatabaseResults(engine, task_table(app), result_decoder(app))
+        source.start(wait=3)
+        try:
+            assert source.healthy is answers, url
+            assert source.queries == 0, "the idle check is no sweep"
+        finally:
+            source.stop()
