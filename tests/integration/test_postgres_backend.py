@@ -222,3 +222,26 @@ def test_health_tells_the_truth_with_nothing_open(postgres_node: PostgresNode) -
             assert source.queries == 0, "the idle check is no sweep"
         finally:
             source.stop()
+
+
+def test_markers_off_when_their_table_cannot_be_made_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database the bridge may read but not write to (here SQLite opened read-only): no
+    markers, one warning saying what that costs, and the ledger still reads the results."""
+    path = tmp_path / "results.sqlite"
+    app = Celery(backend=f"db+sqlite:///{path}")
+    store(app, "done", "SUCCESS", 1)
+    engine = sa.create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+    ledger = DatabaseLedger(
+        DatabaseResults(engine, task_table(app), result_decoder(app)), TableMarkers(engine)
+    )
+    with caplog.at_level("WARNING", logger="bridge.db_ledger"):
+        ledger.mark(["sent"], ttl=60)
+        ledger.mark(["sent-too"], ttl=60)
+        known = ledger.lookup(["done", "sent"])
+    assert set(known.finals) == {"done"} and known.in_progress == set()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1, warnings
+    assert "dispatch markers off" in warnings[0] and "run twice" in warnings[0]
+    engine.dispose()
