@@ -45,6 +45,23 @@ def runs_of(executions: Executions, topic: str) -> Counter[tuple[int, int]]:
     return Counter((run["ckb_partition"], run["ckb_offset"]) for run in executions.of(topic))
 
 
+def committed_ahead(
+    probe: CommitProbe, executions: Executions, topic: str
+) -> list[tuple[int, int]]:
+    """Offsets a sampled commit covered before their record's first run had finished."""
+    finished_at: dict[tuple[int, int], float] = {}
+    for run in executions.of(topic):
+        key = (run["ckb_partition"], run["ckb_offset"])
+        finished_at[key] = min(finished_at.get(key, run["end"]), run["end"])
+    return [
+        (p, offset)
+        for read_at, sample in probe.samples
+        for p, committed in sample.items()
+        for offset in range(max(committed, 0))
+        if finished_at.get((p, offset), float("inf")) > read_at
+    ]
+
+
 def commit_after_success_never_ahead(
     stack: StackInfo,
     kafka: Kafka,
@@ -73,17 +90,7 @@ def commit_after_success_never_ahead(
 
     done = runs_of(executions, topic)
     assert len(done) == total, f"{total - len(done)} records never ran"
-    finished_at: dict[tuple[int, int], float] = {}
-    for run in executions.of(topic):
-        key = (run["ckb_partition"], run["ckb_offset"])
-        finished_at[key] = min(finished_at.get(key, run["end"]), run["end"])
-    ahead = [
-        (p, offset)
-        for read_at, sample in probe.samples
-        for p, committed in sample.items()
-        for offset in range(max(committed, 0))
-        if finished_at.get((p, offset), float("inf")) > read_at
-    ]
+    ahead = committed_ahead(probe, executions, topic)
     assert not ahead, f"committed past unfinished records: {ahead[:5]}"
     figure(
         f"{name} core path: {total} records, {partitions} partitions, {elapsed:.1f}s, "

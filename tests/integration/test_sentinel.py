@@ -27,7 +27,7 @@ from bridge.stack import StackInfo
 from bridge.stack.sentinel import SentinelSet
 from tests.figures import figure
 from tests.integration import core_scenarios as core
-from tests.integration.core_scenarios import route, runs_of
+from tests.integration.core_scenarios import committed_ahead, route, runs_of
 from tests.integration.harness import (
     REDIS_BACK,
     REDIS_DOWN,
@@ -68,23 +68,6 @@ def master(sentinel_set: SentinelSet, db: int) -> redis.Redis:
     address = sentinel_set.master_address()
     assert address is not None, "a sentinel names the master"
     return redis.Redis(host=address[0], port=address[1], db=db)
-
-
-def committed_ahead(
-    probe: CommitProbe, executions: Executions, topic: str
-) -> list[tuple[int, int]]:
-    """Offsets a commit covered before their record's first run had finished."""
-    finished_at: dict[tuple[int, int], float] = {}
-    for run in executions.of(topic):
-        key = (run["ckb_partition"], run["ckb_offset"])
-        finished_at[key] = min(finished_at.get(key, run["end"]), run["end"])
-    return [
-        (p, offset)
-        for read_at, sample in probe.samples
-        for p, committed in sample.items()
-        for offset in range(max(committed, 0))
-        if finished_at.get((p, offset), float("inf")) > read_at
-    ]
 
 
 def test_records_run_through_sentinel_and_commit_after_success_never_ahead(
