@@ -32,6 +32,7 @@ from tests.integration.harness import (
     free_port,
     start_worker,
     unique,
+    wait_for,
 )
 
 NAME = "Redis/PostgreSQL"
@@ -245,3 +246,25 @@ def test_markers_off_when_their_table_cannot_be_made_said_once(
     assert len(warnings) == 1, warnings
     assert "dispatch markers off" in warnings[0] and "run twice" in warnings[0]
     engine.dispose()
+
+
+def test_a_progress_state_is_reported_once_then_the_final_one(database: str) -> None:
+    """STARTED (a worker with task_track_started) reaches the loop once, not once per sweep:
+    it starts the task's timeout; the final state ends the watch."""
+    app = Celery(backend=database)
+    task_id = unique("progress")
+    store(app, task_id, "STARTED")
+    engine = sa.create_engine(database_url(database))
+    source = DatabaseResults(engine, task_table(app), result_decoder(app))
+    source.watch([task_id])
+    source.start()
+    try:
+        assert source.completions.get(timeout=10).state == "STARTED"
+        sweeps = source.sweeps
+        wait_for(lambda: source.sweeps >= sweeps + 3, 10, "three more sweeps")
+        assert source.completions.empty(), "the same progress state again"
+        store(app, task_id, "SUCCESS", 7)
+        final = source.completions.get(timeout=10)
+        assert (final.task_id, final.state, final.final) == (task_id, "SUCCESS", True)
+    finally:
+        source.stop()
