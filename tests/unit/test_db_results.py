@@ -21,6 +21,7 @@ from bridge.db_results import (
     chunks,
     database_url,
     error_text,
+    result_decoder,
     states_query,
     sweep_interval,
     task_table,
@@ -194,3 +195,16 @@ def test_a_database_backend_without_its_driver_names_the_extra(
     message = str(caught.value)
     assert message.startswith("celery.result_backend: a database backend needs SQLAlchemy")
     assert "celery-kafka-bridge[postgres]" in message and "p@db" not in message
+
+
+def test_a_non_json_result_serializer_is_read_by_celerys_own_rules() -> None:
+    import pickle
+
+    app = make_celery_app(CelerySettings(result_backend="db+sqlite:///r.db"))
+    app.conf.result_serializer = "pickle"
+    app.conf.result_accept_content = ["pickle"]
+    stored = pickle.dumps({"exc_type": "ValueError", "exc_message": ["bad"]})
+    assert result_decoder(app)(stored)["exc_type"] == "ValueError"
+    app.conf.result_accept_content = ["json"]  # what the workers' settings refuse, so does it
+    with pytest.raises(Exception, match="pickle"):
+        result_decoder(app)(stored)
