@@ -45,6 +45,17 @@ from bench.env import (
 from bridge.stack import LocalStack, StackInfo
 
 
+@dataclass(frozen=True)
+class Access:
+    """How a secured stack is reached: the benchmark's own Kafka clients (as a super user),
+    the bridge's config sections (its least-privilege users), the names its ACLs allow."""
+
+    admin_kafka: dict[str, Any]
+    bridge_sections: dict[str, Any]
+    topic_prefix: str
+    group_prefix: str
+
+
 @dataclass
 class Combination(Stack):
     """The bench's stack, with the Celery broker and result backend of one combination."""
@@ -52,6 +63,8 @@ class Combination(Stack):
     name: str = ""
     broker: str = ""
     backend: str = ""
+    #: None: a plain stack, everyone may do anything
+    access: Access | None = None
 
     @property
     def broker_url(self) -> str:
@@ -111,14 +124,18 @@ def end_to_end(
     combo: Combination, queue: str, records: int, window: int, partitions: int
 ) -> tuple[float, float]:
     """E: records/s from the first consumed record to all committed; bridge CPU µs/record."""
-    topic = unique("bench-combo")
-    create_topic(combo.bootstrap, topic, partitions)
-    produce(combo.bootstrap, topic, records, track=False)
-    group = unique("bench-combo")
-    bridge = BridgeProcess.start(
-        bridge_config(combo, group, [topic], queue, window, None), combo.work_dir, group
-    )
-    probe = group_probe(combo.bootstrap, group)
+    access = combo.access
+    kafka = None if access is None else access.admin_kafka
+    topic = unique(f"{access.topic_prefix if access else ''}bench-combo")
+    create_topic(combo.bootstrap, topic, partitions, settings=kafka)
+    produce(combo.bootstrap, topic, records, track=False, settings=kafka)
+    group = unique(f"{access.group_prefix if access else ''}bench-combo")
+    config = bridge_config(combo, group, [topic], queue, window, None)
+    if access is not None:  # the bridge's users: its Kafka login and its Redis URLs
+        config["kafka"].update(access.bridge_sections["kafka"])
+        config["celery"].update(access.bridge_sections["celery"])
+    bridge = BridgeProcess.start(config, combo.work_dir, group)
+    probe = group_probe(combo.bootstrap, group, settings=kafka)
     try:
         origin, _ = bridge.wait_consuming(300)
         cpu = bridge.cpu()

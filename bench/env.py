@@ -87,8 +87,11 @@ class Stack:
 
 
 # == Kafka ==================================================================================
-def create_topic(bootstrap: str, name: str, partitions: int) -> None:
-    common.create_topic(bootstrap, name, partitions, error=TimeoutError)
+def create_topic(
+    bootstrap: str, name: str, partitions: int, settings: dict[str, Any] | None = None
+) -> None:
+    """``settings``: how to connect (SASL, TLS) besides the bootstrap servers."""
+    common.create_topic(bootstrap, name, partitions, error=TimeoutError, settings=settings)
 
 
 @dataclass
@@ -110,11 +113,13 @@ def produce(
     count: int,
     rate: float | None = None,
     track: bool = True,
+    settings: dict[str, Any] | None = None,
 ) -> Produced:
     """Produce ``count`` JSON records spread over the partitions (``rate`` per second, or all
     at once); with ``track``, every record's coordinates from the delivery reports."""
     producer = Producer(
         {"bootstrap.servers": bootstrap, "linger.ms": 0 if rate else 20, "acks": "all"}
+        | (settings or {})
     )
     produced = Produced()
     acknowledged = 0
@@ -151,9 +156,9 @@ def committed_total(consumer: Consumer, topic: str, partitions: int) -> int:
         return 0
 
 
-def group_probe(bootstrap: str, group: str) -> Consumer:
+def group_probe(bootstrap: str, group: str, settings: dict[str, Any] | None = None) -> Consumer:
     """A consumer of ``group`` that never joins it: only asks for committed offsets."""
-    return Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    return Consumer({"bootstrap.servers": bootstrap, "group.id": group} | (settings or {}))
 
 
 # == workers ================================================================================
