@@ -31,6 +31,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from bridge.cli_exit import EXIT_RUNTIME, EXIT_USAGE
 from bridge.secrets import mask_text
+from bridge.tls_probe import verify_result
 
 #: where the full tables of grants are
 GRANTS_DOC = "README: Security, ACLs"
@@ -63,6 +64,8 @@ class KafkaClient:
     #: the settings section its connection properties come from
     section: str = "kafka.consumer"
     mechanism: str = ""
+    #: ``ssl.ca.location``, to ask a refused certificate why (:mod:`bridge.tls_probe`)
+    ca_location: str = ""
 
     @classmethod
     def of(cls, config: Mapping[str, Any], section: str = "kafka.consumer") -> KafkaClient:
@@ -70,7 +73,9 @@ class KafkaClient:
         user = config.get("sasl.username")
         principal = f"User:{user}" if user else "User:<the bridge's principal>"
         mechanism = str(config.get("sasl.mechanism") or config.get("sasl.mechanisms") or "")
-        return cls(str(config.get("bootstrap.servers", "")), principal, section, mechanism)
+        bootstrap = str(config.get("bootstrap.servers", ""))
+        ca = str(config.get("ssl.ca.location") or "")
+        return cls(bootstrap, principal, section, mechanism, ca)
 
 
 #: what each role of the bridge needs on a topic (Kafka ACL operation names)
@@ -195,29 +200,44 @@ def _login_refused(client: KafkaClient) -> str:
 def _kafka_tls(client: KafkaClient, text: str) -> str:
     where = f"Kafka at {client.bootstrap}"
     lowered = text.lower()
+    ca_fix = f"set {client.section} ssl.ca.location to the file of the CA that signed it"
     if "expired" in lowered or "not yet valid" in lowered:
-        return (
-            f"{where}: the broker's TLS certificate has expired (or is not valid yet): renew "
-            "the broker's certificate, and check this machine's clock"
-        )
+        return certificate_refused(where, "broker", _EXPIRED_CODE, client.bootstrap, ca_fix)
     if "hostname mismatch" in lowered or "ip address mismatch" in lowered:
-        return (
-            f"{where}: the broker's TLS certificate is not valid for the address the client "
-            "connects to (hostname mismatch): connect with a name its subjectAltName lists, "
-            "or reissue the certificate for this address"
-        )
+        return certificate_refused(where, "broker", _MISMATCH_CODE, client.bootstrap, ca_fix)
     if "verify failed" in lowered or "could not be verified" in lowered:
-        return (
-            f"{where}: the broker's TLS certificate is not signed by a CA this client trusts "
-            f"(certificate verify failed): set {client.section} ssl.ca.location to the file "
-            "of the CA that signed it"
-        )
+        # librdkafka does not say which check failed: ask the certificate ourselves
+        code = verify_result(client.bootstrap, client.ca_location) if client.ca_location else None
+        return certificate_refused(where, "broker", code, client.bootstrap, ca_fix)
     if "client ssl authentication" in lowered or "certificate required" in lowered:
         return (
             f"{where}: the broker wants a client certificate: set {client.section} "
             "ssl.certificate.location and ssl.key.location"
         )
     return f"{where}: the TLS handshake failed ({mask_text(text)}): check {client.section} ssl.*"
+
+
+def certificate_refused(where: str, whose: str, code: int | None, address: str, ca_fix: str) -> str:
+    """The line for a refused certificate, by OpenSSL's verify result (None: unknown)."""
+    if code in _EXPIRED:
+        return (
+            f"{where}: the {whose}'s TLS certificate has expired (or is not valid yet): renew "
+            f"the {whose}'s certificate, and check this machine's clock"
+        )
+    if code in _HOST_MISMATCH:
+        return (
+            f"{where}: the {whose}'s TLS certificate is not valid for {address} (hostname "
+            "mismatch): connect with a name its subjectAltName lists, or reissue it for this one"
+        )
+    if code is None or code == 0:
+        return (
+            f"{where}: the {whose}'s TLS certificate could not be verified (certificate verify "
+            f"failed): it is signed by another CA, has expired or names another host; {ca_fix}"
+        )
+    return (
+        f"{where}: the {whose}'s TLS certificate is not signed by a CA this client trusts "
+        f"(certificate verify failed): {ca_fix}"
+    )
 
 
 # == Redis ==============================================================================
@@ -252,6 +272,7 @@ class RedisClient:
 #: OpenSSL's verify results (``X509_V_ERR_*``) that name the cause
 _EXPIRED = frozenset({9, 10})  # not yet valid, has expired
 _HOST_MISMATCH = frozenset({62, 64})  # hostname, IP address mismatch
+_EXPIRED_CODE, _MISMATCH_CODE = 10, 62
 _NOPERM_COMMAND = re.compile(r"run the '([^']+)' command")
 #: a command a script runs is refused (Redis says so as a plain error, not NOPERM)
 _SCRIPT_DENIED = "executing the script can't run this command"
@@ -301,21 +322,11 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _redis_tls(where: str, client: RedisClient, code: int) -> str:
-    if code in _EXPIRED:
-        return (
-            f"{where}: the server's TLS certificate has expired (or is not valid yet): renew "
-            "redis-server's tls-cert-file, and check this machine's clock"
-        )
-    if code in _HOST_MISMATCH:
-        return (
-            f"{where}: the server's TLS certificate is not valid for {client.address} "
-            "(hostname mismatch): connect with a name its subjectAltName lists, or reissue it"
-        )
-    return (
-        f"{where}: the server's TLS certificate is not signed by a CA this client trusts "
-        f"(certificate verify failed): set ssl_ca_certs=<the CA file> in {client.setting} "
-        "(or ssl_ca_certs in its *_use_ssl option)"
+    ca_fix = (
+        f"set ssl_ca_certs=<the CA file> in {client.setting} (or ssl_ca_certs in its *_use_ssl "
+        "option)"
     )
+    return certificate_refused(where, "server", code, client.address, ca_fix)
 
 
 def _redis_login(where: str, client: RedisClient, text: str) -> str:

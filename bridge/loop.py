@@ -81,7 +81,8 @@ class ConsumerLoop:
         self.settings = settings
         self._consumer = consumer
         client = KafkaClient.of(consumer_config(settings.kafka))
-        self.errors = ConsumerErrors(client, settings.kafka.group_id, access or AccessProblems(log))
+        problems = access if access is not None else AccessProblems(log)
+        self.errors = ConsumerErrors(client, settings.kafka.group_id, problems)
         self._watcher = watcher
         self._dlq = dead_letters
         self._events = observers
