@@ -20,7 +20,7 @@ COPY config/kafka ./config/kafka
 # confluent-kafka ships manylinux wheels with librdkafka inside: no compiler needed; the otel
 # extra so `tracing.enabled: true` works in the image (exporter set by OTEL_* variables)
 RUN python -m venv /opt/ckb \
- && /opt/ckb/bin/pip install ".[otel]"
+ && /opt/ckb/bin/pip install ".[otel,postgres]"
 
 ############################# runtime #############################
 FROM python:3.11-slim

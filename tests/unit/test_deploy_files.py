@@ -650,10 +650,11 @@ def test_dockerignore_matcher_follows_last_match_wins() -> None:
 
 
 def test_wheel_builds_from_exactly_what_the_dockerfile_copies(tmp_path: Path) -> None:
-    """The build stage's ``pip install ".[otel]"``, offline: hatchling on the copied files only."""
+    """The build stage's ``pip install ".[otel,postgres]"``, offline: hatchling on the copied
+    files only (the extras the compose profiles and tracing need are in the image)."""
     build_stage = stages()[0]
     runs = [" ".join(c.value) for c in build_stage if c.cmd.upper() == "RUN"]
-    assert any('pip install ".[otel]"' in run for run in runs), runs
+    assert any('pip install ".[otel,postgres]"' in run for run in runs), runs
     src = tmp_path / "src"
     for sources, destination in build_copies(build_stage):
         for source in sources:
@@ -823,28 +824,42 @@ def env_file(path: Path) -> dict[str, str]:
     return {name: value for name, value in pairs}
 
 
-def test_the_rabbitmq_profile_switches_every_celery_client_to_rabbitmq(tmp_path: Path) -> None:
-    """``docker compose --env-file config/compose/rabbitmq.env up``: the profile starts
-    RabbitMQ, and the bridge, the workers and Flower all use it as their broker."""
-    variables = env_file(REPO / "config" / "compose" / "rabbitmq.env")
+PROFILES = {
+    # env file: (profile and service, the URL it sets, how that URL starts, its host:port)
+    "rabbitmq": ("CKB_CELERY__BROKER_URL", "amqp://", "@rabbitmq:5672/"),
+    "postgres": ("CKB_CELERY__RESULT_BACKEND", "db+postgresql://", "@postgres:5432/"),
+}
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_a_profile_switches_every_celery_client_to_its_server(tmp_path: Path, profile: str) -> None:
+    """``docker compose --env-file config/compose/<profile>.env up``: the profile starts its
+    server, and the bridge, the workers and Flower all use it."""
+    variable, scheme, where = PROFILES[profile]
+    variables = env_file(REPO / "config" / "compose" / f"{profile}.env")
     services = compose()["services"]
-    profiles = variables["COMPOSE_PROFILES"].split(",")
-    assert [name for name, s in services.items() if s.get("profiles")] == ["rabbitmq"]
-    assert services["rabbitmq"]["profiles"] == profiles
-    assert "test" in services["rabbitmq"]["healthcheck"]
+    assert variables["COMPOSE_PROFILES"] == profile
+    assert sorted(n for n, s in services.items() if s.get("profiles")) == sorted(PROFILES)
+    server = services[profile]
+    assert server["profiles"] == [profile]
+    assert "test" in server["healthcheck"]
+    user = next(v for k, v in server["environment"].items() if k.endswith("_USER"))
     for name in ("bridge", "worker", "flower"):
         env = services[name]["environment"]
-        url = interpolate(env["CKB_CELERY__BROKER_URL"], variables)
-        assert url.startswith("amqp://") and "@rabbitmq:5672/" in url, name
-        dependency = services[name]["depends_on"]["rabbitmq"]
+        url = interpolate(env[variable], variables)
+        assert url.startswith(f"{scheme}{user}:") and where in url, (name, url)
+        dependency = services[name]["depends_on"][profile]
         assert dependency == {"condition": "service_healthy", "required": False}, name
-        user = services["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_USER"]
-        assert url.startswith(f"amqp://{user}:"), "the URL's user is the one RabbitMQ creates"
+        others = {k: interpolate(v, {}) for k, v in env.items() if k != variable}
+        assert all("${" not in v for v in others.values()), "the other URL keeps its default"
     config = tmp_path / "bridge.yaml"
     config.write_text(COMPOSE_BRIDGE.read_text("utf-8"), "utf-8")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("CKB_CELERY__BROKER_URL", interpolate("${CKB_BROKER_URL:-}", variables))
-        assert load_settings(config).celery.broker_url.startswith("amqp://")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(variable, interpolate(services["bridge"]["environment"][variable], variables))
+        settings = load_settings(config)
+    assert str(getattr(settings.celery, variable.removeprefix("CKB_CELERY__").lower())).startswith(
+        scheme
+    )
 
 
 def test_celery_commands_exist_in_the_installed_celery() -> None:
