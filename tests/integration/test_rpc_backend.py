@@ -24,6 +24,7 @@ import kombu
 import pytest
 
 from bridge.stack import StackInfo
+from bridge.stack.rabbitmq import RabbitNode
 from tests.figures import figure
 from tests.integration.harness import (
     BridgeProcess,
@@ -213,6 +214,7 @@ def test_a_rebalance_waits_for_the_tasks_in_flight_so_none_runs_twice(
 
 def test_kill_9_loses_nothing_and_the_same_member_reads_its_predecessors_replies(
     rabbitmq_stack: StackInfo,
+    rabbitmq_node: RabbitNode,
     kafka: Kafka,
     executions: Executions,
     rpc_worker: Worker,
@@ -221,7 +223,7 @@ def test_kill_9_loses_nothing_and_the_same_member_reads_its_predecessors_replies
 ) -> None:
     partitions, total = 2, 600
     topic = kafka.create_topic(partitions, prefix="rpc-kill")
-    values = (json.dumps({"n": n, "sleep_ms": 10}).encode() for n in range(total))
+    values = (json.dumps({"n": n, "sleep_ms": 20}).encode() for n in range(total))
     kafka.produce(topic, values, partition_of=lambda n: n % partitions)
     group = unique("g-rpc-kill")
     # static membership: the restarted member gets its partitions back at once, and its queue
@@ -231,6 +233,11 @@ def test_kill_9_loses_nothing_and_the_same_member_reads_its_predecessors_replies
     first = start_bridge(config, work_dir, "first")
     try:
         wait_for(lambda: executions.count(topic) >= total // 3, 60, "a third of the records")
+        wait_for(
+            lambda: any(o > 0 for o in kafka.committed(group, topic, partitions).values()),
+            30,
+            "a commit",
+        )
         name = reply_queue(first)
         os.kill(first.process.pid, signal.SIGKILL)
         first.process.wait(10)
@@ -243,8 +250,12 @@ def test_kill_9_loses_nothing_and_the_same_member_reads_its_predecessors_replies
         unfinished = [o for o in range(max(offset, 0)) if (p, o) not in finished]
         assert not unfinished, f"partition {p} committed {offset} ahead of {unfinished[:5]}"
     assert sum(max(o, 0) for o in committed.values()) < total, "killed before the end"
-    # the queue outlived its consumer: the replies of the tasks still running land there
-    assert queue_exists(rabbitmq_stack.broker_url, name)
+    # the queue outlived its consumer: the replies of the tasks still running land there;
+    # durable, never auto-deleted, gone after Celery's result_expires unused (1 day)
+    listing = rabbitmq_node.ctl("list_queues", "-q", "name", "durable", "auto_delete", "arguments")
+    (line,) = [row for row in listing.splitlines() if row.startswith(name)]
+    assert line.split("\t")[1:3] == ["true", "false"], line
+    assert '"x-expires",86400000' in line.replace(" ", ""), line
 
     second = start_bridge(config, work_dir, "second")
     try:
