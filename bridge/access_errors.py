@@ -34,7 +34,7 @@ from bridge.secrets import mask_text
 from bridge.tls_probe import verify_result
 
 #: where the full tables of grants are
-GRANTS_DOC = "README: Security, ACLs"
+GRANTS_DOC = "README: TLS and authentication"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ markers and rate-limit scripts, its remote-control check of the workers) or a wo
 gossip, mingle, heartbeats and events on) was seen to use on Redis 7.0 with kombu 5.7 and
 Celery 5.5, found by running both against users with fewer rules and reading ``ACL LOG``
 until it stayed empty; ``tests/integration/test_redis_acl.py`` runs the bridge and a real
-worker with exactly these rules. The README's "Security, ACLs" section has them as a table.
+worker with exactly these rules. The README's "TLS and authentication" has them as a table.
 
 Queues are keys too: the rules name them by pattern (:data:`QUEUE_PATTERN`, ``ckb-*`` on the
 stack); kombu adds ``\\x06\\x16<priority>`` to a queue's name for priorities, so each queue

@@ -206,7 +206,7 @@ def test_redis_refusals_name_the_rule_and_never_the_password(acl_redis: AclRedis
     said.append(only_reason(problems))
     assert said[-1] == (
         f"{where} (celery.broker_url) refused user 'no-lpush' the command 'lpush' while "
-        "publishing tasks (NOPERM): ACL SETUSER no-lpush +lpush (README: Security, ACLs)"
+        "publishing tasks (NOPERM): ACL SETUSER no-lpush +lpush (README: TLS and authentication)"
     )
 
     # a command the rate limiter needs (EVALSHA of its bucket script)
@@ -227,7 +227,7 @@ def test_redis_refusals_name_the_rule_and_never_the_password(acl_redis: AclRedis
     assert said[-1] == (
         f"{where} (celery.result_backend) refused user 'no-result-keys' a key while reading "
         "results and dispatch markers (NOPERM): ACL SETUSER no-result-keys ~celery-task-meta-* "
-        "~ckb-dispatched-* (README: Security, ACLs; ACL LOG names the key)"
+        "~ckb-dispatched-* (README: TLS and authentication; ACL LOG names the key)"
     )
 
     # a channel: the result watcher's PSUBSCRIBE celery-task-meta-*
@@ -235,7 +235,7 @@ def test_redis_refusals_name_the_rule_and_never_the_password(acl_redis: AclRedis
     assert said[-1] == (
         f"{where} (celery.result_backend) refused user 'no-result-channel' a channel while "
         "watching task results (NOPERM): ACL SETUSER no-result-channel &celery-task-meta-* "
-        "(README: Security, ACLs; ACL LOG names the channel)"
+        "(README: TLS and authentication; ACL LOG names the channel)"
     )
 
     # a wrong password (WRONGPASS)

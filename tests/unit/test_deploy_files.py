@@ -29,6 +29,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import dockerfile
 import kubernetes_validate
@@ -42,6 +43,7 @@ from bridge.loop import SHUTDOWN_OVERHEAD
 from bridge.routing import Router
 from bridge.secrets import is_secret_key, mask_url
 from bridge.settings import MetricsSettings, Settings, load_settings
+from bridge.stack.redis_acl import BRIDGE_USER, WORKER_USER
 from tasks.celeryconfig import settings_from_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -1078,8 +1080,15 @@ def test_worker_deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     for name, value in secret_env("ckb-worker").items():
         monkeypatch.setenv(name, value)
     celery = settings_from_env()
-    assert celery["broker_url"] == secret_example()["redis-broker-url"]
-    assert celery["result_backend"] == secret_example()["redis-result-backend"]
+    # the workers connect as their own Redis ACL user, the bridge as its own
+    assert celery["broker_url"] == secret_example()["worker-redis-broker-url"]
+    assert celery["result_backend"] == secret_example()["worker-redis-result-backend"]
+    users = {
+        urlsplit(secret_example()[key]).username
+        for key in ("redis-broker-url", "redis-result-backend")
+    }
+    assert users == {BRIDGE_USER}
+    assert urlsplit(celery["broker_url"]).username == WORKER_USER
     grace = objects("Deployment")["ckb-worker"]["spec"]["template"]["spec"]
     assert grace["terminationGracePeriodSeconds"] >= 60
 
