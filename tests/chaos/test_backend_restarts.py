@@ -44,7 +44,7 @@ def pg_workers(
     worker.stop()
 
 
-def test_07d_postgres_backend_killed_and_restarted_mid_run(
+def test_07e_postgres_backend_killed_and_restarted_mid_run(
     postgres_stack: StackInfo,
     postgres_node: PostgresNode,
     kafka: Kafka,
@@ -64,7 +64,7 @@ def test_07d_postgres_backend_killed_and_restarted_mid_run(
         "limits": {"revoke_grace": 10, "shutdown_grace": 20},
     }
     with scenario(
-        name="07d-postgres-restart",
+        name="07e-postgres-restart",
         stack=postgres_stack,
         kafka=kafka,
         work_dir=work_dir,
