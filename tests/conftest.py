@@ -70,6 +70,13 @@ def rabbitmq_stack(stack: StackInfo, rabbitmq_node: RabbitNode) -> StackInfo:
 
 
 @pytest.fixture(scope="session")
+def rpc_stack(rabbitmq_stack: StackInfo) -> StackInfo:
+    """RabbitMQ as the broker and ``rpc://`` as the result backend, for the bridge and the
+    workers the harness starts (``bridge_config``, ``start_worker``)."""
+    return dataclasses.replace(rabbitmq_stack, rpc_results=True)
+
+
+@pytest.fixture(scope="session")
 def postgres_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresNode]:
     """A real PostgreSQL (Debian's, installed on demand), started once per session."""
     node = PostgresNode(StatePaths(tmp_path_factory.mktemp("postgres")), port=free_port())

@@ -31,6 +31,8 @@ class StackInfo:
     postgres_url: str | None = None
     #: the Sentinel set around the stack's Redis, when it runs (``--broker sentinel``)
     sentinel: SentinelClients | None = None
+    #: Celery's ``rpc://`` result backend (replies over the RabbitMQ broker) instead of Redis
+    rpc_results: bool = False
 
     @property
     def broker_url(self) -> str:
@@ -40,7 +42,10 @@ class StackInfo:
 
     @property
     def result_backend(self) -> str:
-        """Celery's result backend: PostgreSQL when the stack runs it, else Redis database 1."""
+        """Celery's result backend: PostgreSQL when the stack runs it, ``rpc://`` when asked
+        for, else Redis database 1."""
+        if self.rpc_results:
+            return "rpc://"
         return f"db+{self.postgres_url}" if self.postgres_url else self._redis_db(1)
 
     @property

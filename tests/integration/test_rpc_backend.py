@@ -14,10 +14,8 @@ import json
 import os
 import re
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import amqp.exceptions
 import kombu
@@ -26,6 +24,8 @@ import pytest
 from bridge.stack import StackInfo
 from bridge.stack.rabbitmq import RabbitNode
 from tests.figures import figure
+from tests.integration import core_scenarios as core
+from tests.integration.core_scenarios import route, runs_of
 from tests.integration.harness import (
     BridgeProcess,
     Executions,
@@ -37,9 +37,8 @@ from tests.integration.harness import (
     unique,
     wait_for,
 )
-from tests.integration.test_core_path import CommitProbe
-from tests.integration.test_failure_path import dlq_messages
-from tests.integration.test_rabbitmq import route, runs_of
+
+NAME = "RabbitMQ/rpc"
 
 
 @pytest.fixture(scope="module")
@@ -49,22 +48,13 @@ def queue() -> str:
 
 @pytest.fixture(scope="module")
 def rpc_worker(
-    rabbitmq_stack: StackInfo, queue: str, tmp_path_factory: pytest.TempPathFactory
+    rpc_stack: StackInfo, queue: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Worker]:
-    env = {
-        "CKB_CELERY__RESULT_BACKEND": "rpc://",
-        # replies survive a RabbitMQ restart (the worker check warns without it)
-        "CKB_CELERY__OPTIONS": json.dumps({"result_persistent": True}),
-    }
-    worker = start_worker(rabbitmq_stack, queue, tmp_path_factory.mktemp("rpc-worker"), 8, env=env)
+    # replies survive a RabbitMQ restart (the worker check warns without it)
+    env = {"CKB_CELERY__OPTIONS": json.dumps({"result_persistent": True})}
+    worker = start_worker(rpc_stack, queue, tmp_path_factory.mktemp("rpc-worker"), 8, env=env)
     yield worker
     worker.stop()
-
-
-def rpc_config(
-    stack: StackInfo, group: str, routes: list[dict[str, object]], **extra: object
-) -> dict[str, Any]:
-    return bridge_config(stack, group, routes, celery={"result_backend": "rpc://"}, **extra)
 
 
 def reply_queue(bridge: BridgeProcess) -> str:
@@ -83,90 +73,47 @@ def queue_exists(url: str, name: str) -> bool:
 
 
 def test_records_run_and_commit_after_success_never_ahead(
-    rabbitmq_stack: StackInfo,
+    rpc_stack: StackInfo,
     kafka: Kafka,
     executions: Executions,
     rpc_worker: Worker,
     queue: str,
     work_dir: Path,
 ) -> None:
-    partitions, total = 3, 1200
-    topic = kafka.create_topic(partitions, prefix="rpc-core")
-    group = unique("g-rpc-core")
-    values = (json.dumps({"n": i, "sleep_ms": i % 7}).encode() for i in range(total))
-    kafka.produce(topic, values, partition_of=lambda i: i % partitions)
-    bridge = start_bridge(rpc_config(rabbitmq_stack, group, [route(topic, queue)]), work_dir)
-    started = time.monotonic()
-    try:
-        with CommitProbe(kafka, group, topic, partitions) as probe:
-            wait_for(lambda: kafka.caught_up(group, topic, partitions), 90, "all committed")
-        elapsed = time.monotonic() - started
-        name = reply_queue(bridge)
-        assert queue_exists(rabbitmq_stack.broker_url, name), "the reply queue is there"
-    finally:
-        exit_code = bridge.terminate()
-    assert exit_code == 0, bridge.log_tail()
-    assert not queue_exists(rabbitmq_stack.broker_url, name), "a clean stop deletes its queue"
-
-    done = runs_of(executions, topic)
-    assert len(done) == total, f"{total - len(done)} records never ran"
-    finished_at: dict[tuple[int, int], float] = {}
-    for run in executions.of(topic):
-        key = (run["ckb_partition"], run["ckb_offset"])
-        finished_at[key] = min(finished_at.get(key, run["end"]), run["end"])
-    ahead = [
-        (p, offset)
-        for read_at, sample in probe.samples
-        for p, committed in sample.items()
-        for offset in range(max(committed, 0))
-        if finished_at.get((p, offset), float("inf")) > read_at
-    ]
-    assert not ahead, f"committed past unfinished records: {ahead[:5]}"
-    assert "sending it again" not in bridge.log_tail(200_000), "every reply arrived"
-    figure(
-        f"RabbitMQ/rpc core path: {total} records, {partitions} partitions, {elapsed:.1f}s, "
-        f"{total / elapsed:.0f} records/s, {sum(done.values()) - total} duplicate runs"
+    assert rpc_stack.result_backend == "rpc://"
+    core.commit_after_success_never_ahead(
+        rpc_stack, kafka, executions, queue, work_dir, NAME, total=1200, seed=5
     )
 
 
 def test_a_failing_task_is_dead_lettered(
-    rabbitmq_stack: StackInfo,
+    rpc_stack: StackInfo,
     kafka: Kafka,
     executions: Executions,
     rpc_worker: Worker,
     queue: str,
     work_dir: Path,
 ) -> None:
-    total = 60
-    topic = kafka.create_topic(2, prefix="rpc-fail")
-    group = unique("g-rpc-fail")
-
-    def value(n: int) -> bytes:
-        mode = "always_fail" if n % 10 == 3 else "fail_once" if n % 10 == 7 else "ok"
-        return json.dumps({"n": n, "mode": mode}).encode()
-
-    kafka.produce(topic, (value(n) for n in range(total)), partition_of=lambda n: n % 2)
-    bridge = start_bridge(rpc_config(rabbitmq_stack, group, [route(topic, queue)]), work_dir)
-    try:
-        wait_for(lambda: kafka.caught_up(group, topic, 2), 60, "all committed")
-    finally:
-        exit_code = bridge.terminate()
-    assert exit_code == 0, bridge.log_tail()
-
-    always = {n for n in range(total) if n % 10 == 3}
-    dead = dlq_messages(kafka, f"{topic}.dlq")
-    failed = sorted(json.loads(d["value"])["n"] for d in dead)  # type: ignore[arg-type]
-    assert failed == sorted(always), "each failing record dead-lettered exactly once"
-    assert {d["headers"]["ckb.reason"] for d in dead} == {b"task_failed"}  # type: ignore[index]
+    dead = core.failing_tasks_dead_lettered(rpc_stack, kafka, executions, queue, work_dir, NAME)
     # the exception travelled in the reply: its class is in the dead letter
-    classes = {d["headers"]["ckb.error.class"] for d in dead}  # type: ignore[index]
-    assert classes == {b"PlannedFailure"}, classes
-    ran = {run["payload"]["n"] for run in executions.of(topic)}
-    assert ran == set(range(total)) - always, "the others (fail-once too) succeeded"
+    assert {d["headers"]["ckb.error.class"] for d in dead} == {b"PlannedFailure"}
+
+
+def test_kill_9_of_the_bridge_loses_nothing(
+    rpc_stack: StackInfo,
+    kafka: Kafka,
+    executions: Executions,
+    rpc_worker: Worker,
+    queue: str,
+    work_dir: Path,
+) -> None:
+    """A per-process reply queue: the second bridge cannot read the first one's replies and
+    sends every uncommitted record again (README: what rpc:// gives up)."""
+    core.kill_9_loses_nothing(rpc_stack, kafka, executions, queue, work_dir, NAME, total=600)
 
 
 def test_a_rebalance_waits_for_the_tasks_in_flight_so_none_runs_twice(
-    rabbitmq_stack: StackInfo,
+    rpc_stack: StackInfo,
     kafka: Kafka,
     executions: Executions,
     rpc_worker: Worker,
@@ -175,7 +122,8 @@ def test_a_rebalance_waits_for_the_tasks_in_flight_so_none_runs_twice(
 ) -> None:
     """The new owner of a partition cannot see the replies sent to the old owner's queue, and
     there are no dispatch markers: so a revoke waits for every task in flight, queued ones
-    too (within revoke_grace), and nothing runs twice."""
+    too (within revoke_grace), and nothing runs twice. Each bridge has its own queue, deleted
+    when it stops cleanly."""
     partitions, total = 4, 2000
     topic = kafka.create_topic(partitions, prefix="rpc-scale")
     values = (json.dumps({"n": n, "sleep_ms": 5 + n % 11}).encode() for n in range(total))
@@ -183,8 +131,8 @@ def test_a_rebalance_waits_for_the_tasks_in_flight_so_none_runs_twice(
     group = unique("g-rpc-scale")
     consumer = {"session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"}
     routes = [route(topic, queue, max_in_flight=100)]
-    config = rpc_config(
-        rabbitmq_stack, group, routes, kafka={"consumer": consumer, "commit_interval": 0.5}
+    config = bridge_config(
+        rpc_stack, group, routes, kafka={"consumer": consumer, "commit_interval": 0.5}
     )
     first = start_bridge(config, work_dir, "b1")
     second: BridgeProcess | None = None
@@ -195,7 +143,10 @@ def test_a_rebalance_waits_for_the_tasks_in_flight_so_none_runs_twice(
         joined = second
         wait_for(lambda: f"assigned {topic}" in joined.log_tail(100_000), 60, "b2 assigned")
         assert executions.count(topic) < total, "the partitions moved with work left"
+        first_queue = reply_queue(first)
+        assert queue_exists(rpc_stack.broker_url, first_queue)
         exit_codes.append(first.terminate())  # leaves cleanly: its partitions move again
+        assert not queue_exists(rpc_stack.broker_url, first_queue), "a clean stop deletes it"
         wait_for(lambda: kafka.caught_up(group, topic, partitions), 60, "all committed")
     finally:
         exit_codes.append(first.terminate())
@@ -213,7 +164,7 @@ def test_a_rebalance_waits_for_the_tasks_in_flight_so_none_runs_twice(
 
 
 def test_kill_9_loses_nothing_and_the_same_member_reads_its_predecessors_replies(
-    rabbitmq_stack: StackInfo,
+    rpc_stack: StackInfo,
     rabbitmq_node: RabbitNode,
     kafka: Kafka,
     executions: Executions,
@@ -229,7 +180,7 @@ def test_kill_9_loses_nothing_and_the_same_member_reads_its_predecessors_replies
     # static membership: the restarted member gets its partitions back at once, and its queue
     consumer = {"group.instance.id": f"{group}-a", "session.timeout.ms": "6000"}
     routes = [route(topic, queue, max_in_flight=100)]
-    config = rpc_config(rabbitmq_stack, group, routes, kafka={"consumer": consumer})
+    config = bridge_config(rpc_stack, group, routes, kafka={"consumer": consumer})
     first = start_bridge(config, work_dir, "first")
     try:
         wait_for(lambda: executions.count(topic) >= total // 3, 60, "a third of the records")
@@ -262,7 +213,7 @@ def test_kill_9_loses_nothing_and_the_same_member_reads_its_predecessors_replies
         wait_for(lambda: kafka.caught_up(group, topic, partitions), 60, "all committed")
     finally:
         assert second.terminate() == 0, second.log_tail()
-    assert queue_exists(rabbitmq_stack.broker_url, name), "kept for the next of this member"
+    assert queue_exists(rpc_stack.broker_url, name), "kept for the next of this member"
     runs = runs_of(executions, topic)
     assert len(runs) == total, f"{total - len(runs)} records lost"
     uncommitted = total - sum(max(o, 0) for o in committed.values())
@@ -273,5 +224,5 @@ def test_kill_9_loses_nothing_and_the_same_member_reads_its_predecessors_replies
         f"RabbitMQ/rpc kill -9 (static member): {total} records, {uncommitted} uncommitted at "
         f"the kill, {sum(runs.values()) - total} duplicate runs"
     )
-    with kombu.Connection(rabbitmq_stack.broker_url) as connection:
+    with kombu.Connection(rpc_stack.broker_url) as connection:
         connection.channel().queue_delete(name)
