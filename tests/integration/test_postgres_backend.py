@@ -9,6 +9,7 @@ dead-lettered; kill -9 of the bridge loses nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,6 +99,37 @@ def test_kill_9_of_the_bridge_loses_nothing_and_never_commits_ahead(
     # the second bridge found the first one's finished tasks in celery_taskmeta and its sent
     # ones by their markers in the broker's Redis: duplicates only of tasks running at the kill
     assert duplicates <= 100, f"{duplicates} duplicate runs: the ledger was not read"
+
+
+@pytest.fixture(scope="module")
+def rabbit_pg_stack(rabbitmq_stack: StackInfo, postgres_node: PostgresNode) -> StackInfo:
+    """RabbitMQ as the broker and PostgreSQL as the backend: no Redis for the bridge at all."""
+    return dataclasses.replace(rabbitmq_stack, postgres_url=postgres_node.url)
+
+
+def test_rabbitmq_and_postgres_kill_9_uses_the_markers_table(
+    rabbit_pg_stack: StackInfo,
+    postgres_node: PostgresNode,
+    kafka: Kafka,
+    executions: Executions,
+    work_dir: Path,
+) -> None:
+    """With no Redis anywhere the dispatch markers live in ckb_dispatch_markers: the second
+    bridge reads them (and the results) after a kill -9 of the first; nothing lost."""
+    queue = unique("q-rmq-pg")
+    (work_dir / "worker").mkdir()
+    worker = start_worker(rabbit_pg_stack, queue, work_dir / "worker", 4)
+    try:
+        core.kill_9_loses_nothing(
+            rabbit_pg_stack, kafka, executions, queue, work_dir, "RabbitMQ/PostgreSQL", 240
+        )
+    finally:
+        worker.stop()
+    engine = sa.create_engine(postgres_node.url)
+    with engine.connect() as connection:
+        marked = connection.execute(sa.text(f"SELECT count(*) FROM {MARKER_TABLE}")).scalar()
+    engine.dispose()
+    assert marked, "the bridges kept their dispatch markers in the table"
 
 
 # -- the result source and the ledger on their own: the real PostgreSQL, and SQLite through ---
