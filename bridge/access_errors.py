@@ -274,6 +274,9 @@ _EXPIRED = frozenset({9, 10})  # not yet valid, has expired
 _HOST_MISMATCH = frozenset({62, 64})  # hostname, IP address mismatch
 _EXPIRED_CODE, _MISMATCH_CODE = 10, 62
 _NOPERM_COMMAND = re.compile(r"run the '([^']+)' command")
+#: a refused command of a pipeline, as redis-py says it: the command and its first argument
+#: (only those: the others may be a task's payload)
+_PIPELINE_COMMAND = re.compile(r"Command # \d+ \((\S+) (\S+)")
 #: a command a script runs is refused (Redis says so as a plain error, not NOPERM)
 _SCRIPT_DENIED = "executing the script can't run this command"
 
@@ -349,6 +352,13 @@ def _noperm(where: str, client: RedisClient, text: str, grants: dict[str, str], 
         )
     what = "channel" if "channel" in text else "key"
     rule = grants[what] or ("&<channel pattern>" if what == "channel" else "~<key pattern>")
+    piped = _PIPELINE_COMMAND.search(text)  # redis-py names the command and its key
+    if piped is not None and what == "key" and not grants["key"]:
+        command, key = piped.group(1).upper(), piped.group(2)
+        return (
+            f"{where} refused user '{client.user}' the key '{key}' ({command}){while_} "
+            f"(NOPERM): ACL SETUSER {client.user} ~<a pattern matching it> ({GRANTS_DOC})"
+        )
     return (
         f"{where} refused user '{client.user}' a {what}{while_} (NOPERM): ACL SETUSER "
         f"{client.user} {rule} ({GRANTS_DOC}; ACL LOG names the {what})"

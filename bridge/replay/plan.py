@@ -66,7 +66,10 @@ def plan_topic(consumer: Any, topic: str) -> list[PartitionPlan]:
     """Where the replay group stands on each partition of ``topic``, and where it ends."""
     count = partition_count(consumer, topic)
     if count is None:
-        raise ReplayError(f"topic {topic!r} does not exist (check --from)")
+        raise ReplayError(
+            f"topic {topic!r} does not exist (check --from), or Kafka hides it: the principal "
+            "needs DESCRIBE on it"
+        )
     tps = [TopicPartition(topic, p) for p in range(count)]
     plans = []
     for tp in committed_offsets(consumer, tps):

@@ -277,3 +277,32 @@ def test_a_source_topic_and_a_dead_letter_topic_the_bridge_may_not_use(
 def assert_no_password(clients: SecureClients, text: str) -> None:
     leaks = [secret[:3] for secret in clients.setup.credentials.known() if secret in text]
     assert not leaks, f"passwords in the output (first characters): {leaks}"
+
+
+def test_ckb_dlq_replay_as_a_user_that_may_not_read_the_dead_letters(
+    secure_stack: StackInfo, clients: SecureClients, admin_kafka: Kafka, tmp_path: Path
+) -> None:
+    """``ckb-bridge`` may write dead letters but not read them: a replay as it stops with the
+    grant it lacks (the replay has its own user, ``ckb-replay``)."""
+    dead_letters = admin_kafka.create_topic(1, prefix=f"{DLQ_PREFIX}replay")
+    admin_kafka.produce(dead_letters, [b"a letter"])
+    config = {
+        **clients.bridge_settings(),
+        "routes": [{"topic": f"{SOURCE_PREFIX}x", "task": "it.record"}],
+    }
+    config["kafka"]["group_id"] = "ckb-replay-test"
+    path = tmp_path / "replay.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run(
+        [sys.executable, "-m", "bridge", "dlq", "replay", "--from", dead_letters, "-c", str(path)],
+        cwd=REPO, capture_output=True, text=True, timeout=90, check=False,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert (
+        f"Kafka refused topic '{dead_letters}': the principal User:ckb-bridge needs READ and "
+        f"DESCRIBE on topic {dead_letters}: kafka-acls --bootstrap-server "
+        f"{secure_stack.kafka_bootstrap} --add --allow-principal User:ckb-bridge --operation Read "
+        f"--operation Describe --topic {dead_letters}"
+    ) in " ".join(output.split())
+    assert_no_password(clients, output)

@@ -56,6 +56,7 @@ CRIPPLED = {
     "no-scripts": "+evalsha",
     "no-result-keys": "~celery-task-meta-*",
     "no-result-channel": "&celery-task-meta-*",
+    "no-kombu-keys": "~_kombu.*",
 }
 
 
@@ -207,6 +208,20 @@ def test_redis_refusals_name_the_rule_and_never_the_password(acl_redis: AclRedis
     assert said[-1] == (
         f"{where} (celery.broker_url) refused user 'no-lpush' the command 'lpush' while "
         "publishing tasks (NOPERM): ACL SETUSER no-lpush +lpush (README: TLS and authentication)"
+    )
+
+    # a key: kombu's binding table of the queue (SADD in a pipeline)
+    problems, access = problems_of(acl_redis, "no-kombu-keys", "celery.broker_url", "redis:broker")
+    app = make_celery_app(CelerySettings(broker_url=acl_redis.url("no-kombu-keys", 0)))
+    dispatcher = Dispatcher(app, retry_for=0.0, access=access)
+    with pytest.raises(PublishError):
+        dispatcher.publish([dispatcher.encode(request)])
+    dispatcher.close()
+    said.append(only_reason(problems))
+    assert said[-1] == (
+        f"{where} (celery.broker_url) refused user 'no-kombu-keys' the key "
+        f"'_kombu.binding.{QUEUE}' (SADD) while publishing tasks (NOPERM): ACL SETUSER "
+        "no-kombu-keys ~<a pattern matching it> (README: TLS and authentication)"
     )
 
     # a command the rate limiter needs (EVALSHA of its bucket script)

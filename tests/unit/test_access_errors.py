@@ -253,6 +253,19 @@ def test_certificate_failures_inside_a_connection_error(code: int, says: str) ->
     assert says in problem.message
 
 
+def test_a_key_refused_in_a_pipeline_is_named_without_the_other_arguments() -> None:
+    text = (
+        "Command # 1 (SADD _kombu.binding.orders orders-payload-secret) of pipeline caused "
+        "error: this user has no permissions to access one of the keys used as arguments"
+    )
+    problem = redis_problem(redis.exceptions.NoPermissionError(text), BACKEND, "publishing")
+    assert problem is not None
+    assert "refused user 'ckb-bridge' the key '_kombu.binding.orders' (SADD) while publishing" in (
+        problem.message
+    )
+    assert "payload-secret" not in problem.message
+
+
 def test_a_command_refused_inside_a_script() -> None:
     text = (
         "The user executing the script can't run this command or subcommand script: "
