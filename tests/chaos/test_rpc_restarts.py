@@ -32,16 +32,13 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(PROFILE.timeout)]
 
 @pytest.fixture(scope="module")
 def rpc_workers(
-    rabbitmq_stack: StackInfo, tmp_path_factory: pytest.TempPathFactory
+    rpc_stack: StackInfo, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SupervisedWorker]:
-    """A worker replying with rpc://, started again if it exits."""
+    """A worker replying with rpc:// (persistent replies), started again if it exits."""
     queue = unique("q-chaos-rpc")
-    env = {
-        "CKB_CELERY__RESULT_BACKEND": "rpc://",
-        "CKB_CELERY__OPTIONS": json.dumps({"result_persistent": True}),
-    }
+    env = {"CKB_CELERY__OPTIONS": json.dumps({"result_persistent": True})}
     worker = SupervisedWorker(
-        lambda log_dir: start_worker(rabbitmq_stack, queue, log_dir, concurrency=4, env=env),
+        lambda log_dir: start_worker(rpc_stack, queue, log_dir, concurrency=4, env=env),
         queue,
         tmp_path_factory.mktemp("rpc-chaos-worker"),
     )
@@ -50,7 +47,7 @@ def rpc_workers(
 
 
 def test_07d_rabbitmq_restarted_under_rpc_results(
-    rabbitmq_stack: StackInfo,
+    rpc_stack: StackInfo,
     rabbitmq_node: RabbitNode,
     kafka: Kafka,
     executions: Executions,
@@ -65,13 +62,12 @@ def test_07d_rabbitmq_restarted_under_rpc_results(
         "task_timeout": 10, "max_redispatch": 5,
     }  # fmt: skip
     settings = {
-        "celery": {"result_backend": "rpc://"},
         "kafka": {"consumer": {}, "commit_interval": 0.5},
         "limits": {"revoke_grace": 10, "shutdown_grace": 20},
     }
     with scenario(
         name="07d-rabbitmq-restart-rpc",
-        stack=rabbitmq_stack,
+        stack=rpc_stack,
         kafka=kafka,
         work_dir=work_dir,
         recorder=executions,
