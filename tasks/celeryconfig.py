@@ -38,6 +38,8 @@ def settings_from_env() -> dict[str, Any]:
         "worker_prefetch_multiplier": int(_env("CKB_WORKER_PREFETCH", default="4")),
         "broker_connection_retry_on_startup": True,
         "task_track_started": False,
+        # rpc:// replies survive a RabbitMQ restart (other backends ignore it)
+        "result_persistent": True,
     }
 
 

@@ -12,7 +12,6 @@ that the reply consumer really saw RabbitMQ go and come back (its own log says s
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,11 +33,11 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(PROFILE.timeout)]
 def rpc_workers(
     rpc_stack: StackInfo, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SupervisedWorker]:
-    """A worker replying with rpc:// (persistent replies), started again if it exits."""
+    """A worker replying with rpc:// (persistent replies: the example worker config), started
+    again if it exits."""
     queue = unique("q-chaos-rpc")
-    env = {"CKB_CELERY__OPTIONS": json.dumps({"result_persistent": True})}
     worker = SupervisedWorker(
-        lambda log_dir: start_worker(rpc_stack, queue, log_dir, concurrency=4, env=env),
+        lambda log_dir: start_worker(rpc_stack, queue, log_dir, concurrency=4),
         queue,
         tmp_path_factory.mktemp("rpc-chaos-worker"),
     )

@@ -50,9 +50,8 @@ def queue() -> str:
 def rpc_worker(
     rpc_stack: StackInfo, queue: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Worker]:
-    # replies survive a RabbitMQ restart (the worker check warns without it)
-    env = {"CKB_CELERY__OPTIONS": json.dumps({"result_persistent": True})}
-    worker = start_worker(rpc_stack, queue, tmp_path_factory.mktemp("rpc-worker"), 8, env=env)
+    # the example worker config sends the replies persistent (result_persistent)
+    worker = start_worker(rpc_stack, queue, tmp_path_factory.mktemp("rpc-worker"), 8)
     yield worker
     worker.stop()
 

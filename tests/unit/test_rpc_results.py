@@ -285,3 +285,33 @@ def test_a_bug_in_the_consumer_is_logged_counted_and_restarted() -> None:
         assert results.crashes >= 2 and not results.healthy
     finally:
         results.stop()
+
+
+def test_the_compose_rpc_env_file_points_every_celery_client_at_rabbitmq_and_rpc(
+    tmp_path: Any,
+) -> None:
+    """``docker compose --env-file config/compose/rabbitmq-rpc.env up``: the bridge, the
+    workers and Flower on RabbitMQ with rpc:// results, and a bridge config that loads."""
+    from tests.unit.test_deploy_files import COMPOSE_BRIDGE, REPO, compose, env_file, interpolate
+
+    variables = env_file(REPO / "config" / "compose" / "rabbitmq-rpc.env")
+    assert variables["COMPOSE_PROFILES"] == "rabbitmq"
+    services = compose()["services"]
+    for name in ("bridge", "worker", "flower"):
+        env = services[name]["environment"]
+        assert interpolate(env["CKB_CELERY__RESULT_BACKEND"], variables) == "rpc://", name
+        assert interpolate(env["CKB_CELERY__BROKER_URL"], variables).startswith("amqp://")
+    config = tmp_path / "bridge.yaml"
+    config.write_text(COMPOSE_BRIDGE.read_text("utf-8"), "utf-8")
+    bridge = services["bridge"]["environment"]
+    with pytest.MonkeyPatch.context() as patch:
+        for variable in ("CKB_CELERY__BROKER_URL", "CKB_CELERY__RESULT_BACKEND"):
+            patch.setenv(variable, interpolate(bridge[variable], variables))
+        settings = load_settings(config)
+    assert settings.celery.result_backend == "rpc://"
+
+
+def test_the_example_worker_sends_rpc_replies_persistent() -> None:
+    from tasks.celeryconfig import settings_from_env
+
+    assert settings_from_env()["result_persistent"] is True
