@@ -28,6 +28,7 @@ from kombu.serialization import dumps
 
 from bridge.access_problems import RedisAccess
 from bridge.amqp_confirms import BatchConfirms
+from bridge.broker_limits import SizeLimitError, size_limit_in
 from bridge.io_retry import OutageLog, retry_io
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,8 @@ class Dispatcher:
         self._connection: Any = None
         self._producer: Any = None
         self._outage = OutageLog(log, "Celery broker")
+        #: the largest message body the broker takes, once it refused a larger one
+        self.max_message_bytes: int | None = None
         self._declared: set[str] = set()
         #: RabbitMQ (py-amqp), and its batch confirms (``confirm_publish``); known once connected
         self._amqp = False
@@ -201,9 +204,24 @@ class Dispatcher:
                         self._confirms.published()
             if self._confirms is not None:  # sent only once RabbitMQ has every message
                 self._confirms.wait(self._connection, CONFIRM_TIMEOUT)
-        except Exception:
+        except Exception as exc:
             self._reset()
-            raise
+            limit = size_limit_in(exc)
+            if limit is None:
+                raise
+            # the same batch would be refused again: not retried; the sender leaves out
+            # what is larger from now on
+            self._size_limit(limit)
+            raise SizeLimitError(limit) from exc
+
+    def _size_limit(self, limit: int) -> None:
+        if limit != self.max_message_bytes:
+            log.warning(
+                "the Celery broker refuses task messages over %d bytes: records whose message "
+                "is larger are dead-lettered from now on",
+                limit,
+            )
+            self.max_message_bytes = limit
 
     def publish(self, tasks: Sequence[EncodedTask]) -> None:
         """Publish all of ``tasks``; raises :class:`PublishError` when Redis stays down.
@@ -218,6 +236,8 @@ class Dispatcher:
         retry_for = 0.0 if self._outage.down else self._retry_for
         try:
             retry_io(self._publish_once, self._outage, retry_for, retry_on=BROKER_IO_ERRORS)(tasks)
+        except SizeLimitError as exc:  # the broker is there: one message is too large for it
+            raise PublishError(f"publishing {len(tasks)} tasks refused: {exc}") from exc
         except Exception as exc:
             self._outage.failed(exc)
             if self._access is not None and self._access.check(exc, "publishing tasks"):

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 
 from bridge.batch_markers import BatchMemberMarks, earlier_batches, member_markers
 from bridge.batch_requests import batch_request
+from bridge.broker_limits import too_large
 from bridge.core.engine import WorkEngine
 from bridge.core.jobs import Job
 from bridge.dispatcher import Dispatcher, EncodedTask, PublishError, TaskRequest
@@ -168,6 +169,9 @@ class Sender:
                     self._engine.settled(job)
                     continue
                 task = self._dispatcher.encode(request)
+                limit = self._dispatcher.max_message_bytes
+                if limit is not None and task.size > limit:  # the broker would refuse it
+                    raise DecodeError(too_large(task.size, limit))
                 encoded.append((job, task))
                 size += task.size
             except Exception as exc:  # this record's fault, or a limit of ours: its alone
@@ -186,7 +190,10 @@ class Sender:
                 else:
                     self._engine.settled(job)
                 failure = rejected(job.item.route, exc).failure
-                self._outcomes.dead_letter(job.item.record, job.item.route, job.epoch, failure)
+                for member in job.parts():  # a batch's message: each of its records
+                    self._outcomes.dead_letter(
+                        member.item.record, member.item.route, member.epoch, failure
+                    )
         return encoded
 
     def _request_for(self, job: Job[Work]) -> TaskRequest | None:

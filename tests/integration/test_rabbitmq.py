@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,3 +133,45 @@ def test_a_publish_rabbitmq_refuses_is_not_counted_as_sent(
     assert exit_code == 0, bridge.log_tail()
     assert "MessageNacked" in bridge.log_tail(20000), "RabbitMQ refused publishes"
     assert {run["payload"]["n"] for run in executions.of(topic)} == set(range(total))
+
+
+def test_a_task_message_over_rabbitmq_s_max_message_size_is_dead_lettered_alone(
+    rabbitmq_stack: StackInfo,
+    rabbitmq_node: RabbitNode,
+    kafka: Kafka,
+    executions: Executions,
+    rabbit_worker: Worker,
+    queue: str,
+    work_dir: Path,
+) -> None:
+    """RabbitMQ closes the channel on a message over its ``max_message_size`` (16 MiB by
+    default from RabbitMQ 4, 128 MiB before): that record is dead-lettered with the limit named,
+    the records around it run, and the partition goes on (it used to be retried forever)."""
+    limit = 256 * 1024
+    rabbitmq_node.ctl("eval", f"application:set_env(rabbit, max_message_size, {limit}).")
+    try:
+        topic = kafka.create_topic(1, prefix="rmq-big")
+        big = json.dumps({"n": 5, "blob": "x" * (2 * limit)}).encode()
+        values = [json.dumps({"n": n}).encode() if n != 5 else big for n in range(11)]
+        kafka.produce(topic, values)
+        config = bridge_config(rabbitmq_stack, unique("g-rmq-big"), [route(topic, queue)])
+        config["routes"][0]["max_payload_bytes"] = 4 * limit
+        group = config["kafka"]["group_id"]
+        bridge = start_bridge(config, work_dir)
+        try:
+            wait_for(lambda: kafka.caught_up(group, topic, 1), 60, "all committed")
+        except AssertionError as stuck:
+            raise AssertionError(f"{stuck}; the bridge's log:\n{bridge.log_tail()}") from None
+        finally:
+            exit_code = bridge.terminate()
+    finally:
+        rabbitmq_node.ctl("eval", "application:set_env(rabbit, max_message_size, 134217728).")
+    assert exit_code == 0, bridge.log_tail()
+    ran = Counter(run["payload"]["n"] for run in executions.of(topic))
+    assert set(ran) == set(range(11)) - {5}, bridge.log_tail()
+    # the refused publish may have delivered the messages before the big one: those ran twice
+    assert max(ran.values()) <= 2, (ran, bridge.log_tail())
+    letters = kafka.read_all(f"{topic}.dlq", 1)
+    headers = dict(letters[0].headers() or [])
+    assert headers["ckb.reason"] == b"decode_error"
+    assert b"max_message_size" in headers["ckb.error.message"], headers

@@ -6,6 +6,7 @@ of the same shape; the engine inside the loop is the real one.
 
 from __future__ import annotations
 
+import json
 import queue
 from collections import deque
 from collections.abc import Callable
@@ -157,9 +158,11 @@ class FakeDispatcher:
     def __init__(self) -> None:
         self.sent: list[TaskRequest] = []
         self.refuse = False
+        self.max_message_bytes: int | None = None  # what the broker takes, once learned
 
     def encode(self, request: TaskRequest) -> EncodedTask:
-        return EncodedTask(request, None, "application/json", "utf-8")
+        body = json.dumps([request.args, request.kwargs]).encode()  # its size is what counts
+        return EncodedTask(request, ({}, {}, body, None), "application/json", "utf-8")
 
     def publish(self, tasks: list[EncodedTask]) -> None:
         if self.refuse:
@@ -820,3 +823,18 @@ def test_a_record_waiting_for_a_token_never_times_out() -> None:
     shell.clock.now += 1
     shell.turn(2)
     assert len(shell.dispatcher.sent) == 1
+
+
+def test_a_message_over_the_broker_s_size_limit_is_dead_lettered_alone() -> None:
+    """Once the broker refused a message as too large (RabbitMQ's max_message_size), a record
+    whose message is larger is dead-lettered with the limit named; the others go."""
+    shell = make_shell()
+    shell.dispatcher.max_message_bytes = 200
+    shell.assign(0)
+    for value in (b'{"n": 0}', json.dumps({"blob": "x" * 500}).encode(), b'{"n": 2}'):
+        shell.consumer.produce(0, 1, value=value)
+    shell.turn(2)
+    assert [r.headers["ckb_offset"] for r in shell.dispatcher.sent] == [0, 2]
+    ((record, failure, _, _),) = shell.dead_letters.letters
+    assert record.offset == 1 and failure.reason == "decode_error"
+    assert "max_message_size (200)" in failure.error_message
