@@ -284,7 +284,7 @@ class RpcResults:
     def _on_reply(self, body: Any, message: Any) -> None:
         meta = body if isinstance(body, dict) else {}
         task_id = str(message.properties.get("correlation_id") or meta.get("task_id") or "")
-        if task_id:
+        if task_id and "status" in meta:  # else not a Celery result: nothing to report
             self._route(event_from_meta(task_id, meta))
         if self._hold > 0:
             self._unacked.append((time.monotonic(), message.delivery_tag))

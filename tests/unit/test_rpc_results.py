@@ -169,11 +169,14 @@ def test_acks_are_held_a_few_commit_intervals() -> None:
     assert ack_hold(1.0) == 5.0 and ack_hold(10.0) > 20.0
 
 
-def test_a_reply_without_task_id_is_acked_and_ignored() -> None:
+def test_a_reply_without_task_id_or_state_is_acked_and_ignored() -> None:
     results = source()
-    message = Message(None)
-    results._on_reply(b"not a dict", message)
-    assert message.acked == 1 and drained(results) == []
+    results.watch(["t9"])
+    messages = [Message(None), Message("t9"), Message("t9")]
+    results._on_reply({"status": "SUCCESS"}, messages[0])
+    results._on_reply(b"not a dict", messages[1])
+    results._on_reply({"task_id": "t9"}, messages[2])
+    assert [m.acked for m in messages] == [1, 1, 1] and drained(results) == []
 
 
 def test_unwatched_ids_and_their_late_progress_are_not_reported() -> None:
