@@ -11,6 +11,7 @@ and that the bridge follows to the new master.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -54,14 +55,17 @@ def queue() -> str:
 def sentinel_worker(
     sentinel_stack: StackInfo, queue: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Worker]:
-    # what a worker behind Sentinel wants: a result write that meets a failover is retried
-    # (on the new master) instead of failing the task
-    options = {**sentinel_stack.celery_options, "result_backend_always_retry": True}
-    env = {"CKB_CELERY__OPTIONS": json.dumps(options)}
     work = tmp_path_factory.mktemp("sentinel-worker")
-    worker = start_worker(sentinel_stack, queue, work, 8, env=env)
+    worker = start_worker(sentinel_stack, queue, work, 8, env=worker_options(sentinel_stack))
     yield worker
     worker.stop()
+
+
+def worker_options(stack: StackInfo) -> dict[str, str]:
+    """The worker's Celery options: the stack's, and what a worker behind Sentinel wants: a
+    result write that meets a failover retried (on the new master) instead of failing."""
+    options = {**stack.celery_options, "result_backend_always_retry": True}
+    return {"CKB_CELERY__OPTIONS": json.dumps(options)}
 
 
 def master(sentinel_set: SentinelSet, db: int) -> redis.Redis:
@@ -134,7 +138,9 @@ def test_the_dispatcher_pipelines_and_reads_queue_depth_through_sentinel(
         dispatcher.close()
 
 
+@pytest.mark.parametrize("how", ["SENTINEL FAILOVER", "master killed"])
 def test_a_failover_mid_run_loses_nothing_and_the_bridge_follows_the_new_master(
+    how: str,
     sentinel_stack: StackInfo,
     kafka: Kafka,
     executions: Executions,
@@ -145,6 +151,9 @@ def test_a_failover_mid_run_loses_nothing_and_the_bridge_follows_the_new_master(
 ) -> None:
     partitions, total = 3, 600
     topic = kafka.create_topic(partitions, prefix="sentinel-failover")
+    # SENTINEL FAILOVER: a switch on command, the old master then killed (a bridge still on it
+    # could not go on); master killed: a crash, found down by the sentinels (2 s), then their
+    # election and the switch
     values = (json.dumps({"n": n, "sleep_ms": 15}).encode() for n in range(total))
     kafka.produce(topic, values, partition_of=lambda n: n % partitions)
     # Redis replicates asynchronously: what the old master took in the moment of the switch
@@ -153,22 +162,26 @@ def test_a_failover_mid_run_loses_nothing_and_the_bridge_follows_the_new_master(
     routes = [route(topic, queue, max_in_flight=60, task_timeout=5)]
     settings = bridge_config(sentinel_stack, unique("g-sentinel-failover"), routes)
     group = settings["kafka"]["group_id"]
-    sentinel_set.wait_ready()  # a replica in sync, for SENTINEL FAILOVER
     before = sentinel_set.master_address()
+    wait_for(lambda: replica_in_sync(sentinel_set, before), 30, "a replica in sync to promote")
     old_master = next(n for n in sentinel_set.data_nodes if before == ("127.0.0.1", n.port))
+    workers = Supervisor(sentinel_worker, sentinel_stack, queue, work_dir)
     bridge = start_bridge(settings, work_dir)
     try:
         with CommitProbe(kafka, group, topic, partitions) as probe:
             wait_for(lambda: executions.count(topic) >= total // 4, 60, "a quarter of the records")
             at_failover = sum(max(o, 0) for o in kafka.committed(group, topic, partitions).values())
             failover_at = time.monotonic()
-            sentinel_set.failover()
-            wait_for(lambda: sentinel_set.master_address() != before, 20, "a new master")
+            if how == "SENTINEL FAILOVER":
+                sentinel_set.failover()
+            else:
+                old_master.stop(kill=True)
+            wait_for(lambda: sentinel_set.master_address() != before, 30, "a new master")
             promoted = time.monotonic() - failover_at
-            # the demoted master goes away: a bridge still talking to it could not go on
             old_master.stop(kill=True)
 
             def committed_more() -> bool:
+                workers.check()
                 offsets = kafka.committed(group, topic, partitions).values()
                 return (
                     sum(max(o, 0) for o in offsets) > at_failover + 3 * 60
@@ -176,11 +189,19 @@ def test_a_failover_mid_run_loses_nothing_and_the_bridge_follows_the_new_master(
 
             wait_for(committed_more, 60, "commits past what was in flight at the failover")
             resumed = time.monotonic() - failover_at
-            wait_for(lambda: kafka.caught_up(group, topic, partitions), 120, "all committed")
+            wait_for(
+                lambda: workers.check() and kafka.caught_up(group, topic, partitions),
+                120,
+                "all committed",
+            )
             recovered = time.monotonic() - failover_at
     finally:
         exit_code = bridge.terminate()
-        old_master.start()  # back, as a replica of the new master once the sentinels see it
+        workers.stop()
+        # back as a replica of the new master at once (the sentinels would convert it later)
+        now = sentinel_set.master_address()
+        assert now is not None
+        dataclasses.replace(old_master, args=("--replicaof", now[0], str(now[1]))).start()
     assert exit_code == 0, bridge.log_tail()
     runs = runs_of(executions, topic)
     assert len(runs) == total, f"{total - len(runs)} records lost"
@@ -188,13 +209,56 @@ def test_a_failover_mid_run_loses_nothing_and_the_bridge_follows_the_new_master(
     outage = watcher_outage(bridge.log_path.read_text(errors="replace"))
     assert outage is not None, "the result watcher lost the demoted master and came back"
     figure(
-        f"Sentinel failover mid-run: new master named {promoted:.1f}s after SENTINEL FAILOVER; "
+        f"Sentinel failover mid-run ({how}): new master named {promoted:.1f}s after it; "
         f"the result watcher was back on the new master {outage:.2f}s after losing the old one; "
         f"commits past the in-flight records {resumed:.1f}s after the failover, all {total} "
-        f"{recovered:.1f}s after it (tasks whose message or result the switch lost go again "
-        "after task_timeout 5s); "
-        f"{sum(runs.values()) - total} duplicate runs"
+        f"{recovered:.1f}s after it; {sum(runs.values()) - total} duplicate runs (a message "
+        "the old master handed out in the switch is still queued on the new one; a task whose "
+        "message or result was lost goes again after task_timeout 5s); Celery workers that died: "
+        f"{workers.restarts}"
     )
+
+
+class Supervisor:
+    """Restarts the Celery worker if it dies, as a process supervisor would: kombu 5.7's
+    Sentinel channel can end a worker ("Unrecoverable error: AttributeError: 'NoneType' object
+    has no attribute 'hostname'") when it reconnects while the sentinels name no master yet."""
+
+    def __init__(self, worker: Worker, stack: StackInfo, queue: str, work_dir: Path) -> None:
+        self._first = worker
+        self._args = (stack, queue)
+        self._work_dir = work_dir
+        self._spares: list[Worker] = []
+        self.restarts = 0
+
+    def check(self) -> bool:
+        current = self._spares[-1] if self._spares else self._first
+        if current.process.poll() is not None:
+            self.restarts += 1
+            log_dir = self._work_dir / f"worker-{self.restarts}"
+            log_dir.mkdir()
+            env = worker_options(self._args[0])
+            self._spares.append(start_worker(*self._args, log_dir, 8, env=env))
+        return True
+
+    def stop(self) -> None:
+        for worker in self._spares:
+            worker.stop()
+
+
+def replica_in_sync(sentinel_set: SentinelSet, master_address: tuple[str, int] | None) -> bool:
+    """Whether a data node other than the master follows it with its link up."""
+    for node in sentinel_set.data_nodes:
+        if master_address == ("127.0.0.1", node.port):
+            continue
+        try:
+            with redis.Redis(port=node.port, socket_timeout=1) as client:
+                info = client.info("replication")
+        except redis.RedisError:
+            continue
+        if info.get("role") == "slave" and info.get("master_link_status") == "up":
+            return True
+    return False
 
 
 def watcher_outage(log: str) -> float | None:
