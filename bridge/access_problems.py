@@ -23,6 +23,10 @@ from bridge.access_errors import (
     redis_problem,
 )
 
+#: seconds a refused login or certificate stays a readiness reason after librdkafka last
+#: reported it (it reports it again on every reconnect, at most 10 s apart by default)
+CONNECTION_HOLD = 60.0
+
 
 class AccessProblems:
     """The access problems in force now, for ``/readyz``; thread-safe.
@@ -43,15 +47,17 @@ class AccessProblems:
         until = None if hold is None else self._clock() + hold
         with self._lock:
             before = self._current.get(key)
+            # several clients of one cluster meet the same refusal: it is said once
+            said = any(other == problem for k, (other, _) in self._current.items() if k != key)
             self._current[key] = (problem, until)
-        if before is None or before[0] != problem:
+        if (before is None or before[0] != problem) and not said:
             self._log.error("%s", problem.message)
 
     def clear(self, key: str) -> None:
         with self._lock:
             gone = self._current.pop(key, None)
         if gone is not None:
-            self._log.warning("resolved: %s", gone[0].message.split(":", 1)[0])
+            self._log.warning("resolved: %s", gone[0].message.split(": ", 1)[0])
 
     def __bool__(self) -> bool:
         return bool(self._current)
@@ -63,7 +69,7 @@ class AccessProblems:
             expired = [k for k, (_, until) in self._current.items() if until and until < now]
             for key in expired:
                 del self._current[key]
-            return [problem.message for problem, _ in self._current.values()]
+            return list(dict.fromkeys(problem.message for problem, _ in self._current.values()))
 
 
 @dataclass(frozen=True)
@@ -114,3 +120,9 @@ class KafkaAccess:
         """The client works again."""
         if self.problems:
             self.problems.clear(self.key)
+
+    def on_error(self, error: KafkaError) -> None:
+        """librdkafka's ``error_cb``: a refused login or certificate reaches a client only
+        here (its requests just time out). A readiness reason until :data:`CONNECTION_HOLD`
+        seconds after the last report, or until the client works again."""
+        self.check(error, hold=CONNECTION_HOLD)

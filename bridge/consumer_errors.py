@@ -14,14 +14,10 @@ import logging
 from confluent_kafka import KafkaError
 
 from bridge.access_errors import KafkaClient, kafka_problem
-from bridge.access_problems import AccessProblems
+from bridge.access_problems import CONNECTION_HOLD, AccessProblems
 from bridge.commits import FatalConsumerError, fatal_message
 
 log = logging.getLogger("bridge.loop")
-
-#: seconds an authentication or TLS problem stays a readiness reason after librdkafka last
-#: reported it (it reports it again on each reconnect, at most every 10 s by default)
-CONNECTION_HOLD = 60.0
 
 
 class ConsumerErrors:

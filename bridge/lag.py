@@ -98,14 +98,15 @@ class LagMonitor(Observer):
         on_lag: LagSink | None = None,
         problems: AccessProblems | None = None,
     ) -> LagMonitor:
-        config = lag_consumer_config(kafka)
-
-        def factory() -> Any:
-            return Consumer({**config, "logger": kafka_log})
-
+        config: dict[str, Any] = {**lag_consumer_config(kafka), "logger": kafka_log}
         access = None
         if problems is not None:
             access = KafkaAccess(KafkaClient.of(config), problems, "kafka:lag", kafka.group_id)
+            config["error_cb"] = access.on_error  # a refused login or certificate
+
+        def factory() -> Any:
+            return Consumer(config)
+
         return cls(factory, on_lag, access=access)
 
     def reachable(self, max_age: float | None = None) -> bool:

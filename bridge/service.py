@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from bridge.access_errors import KafkaClient, RedisClient
-from bridge.access_problems import AccessProblems, RedisAccess
+from bridge.access_problems import AccessProblems, KafkaAccess, RedisAccess
 from bridge.celery_app import make_celery_app
 from bridge.core.vocabulary import Outcome
 from bridge.dead_letters import DeadLetterWriter
@@ -23,7 +23,12 @@ from bridge.dispatcher import Dispatcher
 from bridge.dlq_topics import DeadLetterTopics
 from bridge.events import Observer, Observers, Totals
 from bridge.http_server import OpsApp, OpsServer, Probes
-from bridge.kafka_clients import admin_config, consumer_config, producer_config
+from bridge.kafka_clients import (
+    admin_config,
+    connection_settings,
+    consumer_config,
+    producer_config,
+)
 from bridge.lag import LagMonitor
 from bridge.loop import CommitReports, ConsumerLoop
 from bridge.metrics import PrometheusObserver
@@ -95,11 +100,23 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
     # admin client) and the lag monitor's rounds
     kafka_log = logging.getLogger("bridge.librdkafka")
 
+    # a refused login or certificate reaches each client only through its error_cb
+    own = connection_settings(settings.kafka.producer)  # else the consumer's reach it
+    writer = KafkaClient.of(
+        producer_config(settings.kafka), f"kafka.{'producer' if own else 'consumer'}"
+    )
+    writer_errors = KafkaAccess(writer, access, "kafka:dead-letters").on_error
+
     def dead_letter_producer() -> Producer:
-        return Producer({**producer_config(settings.kafka), "logger": kafka_log})
+        config = producer_config(settings.kafka)
+        return Producer({**config, "logger": kafka_log, "error_cb": writer_errors})
 
     producer = dead_letter_producer()
-    admin_settings: dict[str, Any] = {**admin_config(settings.kafka), "logger": kafka_log}
+    admin_settings: dict[str, Any] = {
+        **admin_config(settings.kafka),
+        "logger": kafka_log,
+        "error_cb": writer_errors,
+    }
     router = Router(settings.routes)
     dead_letters = DeadLetterWriter(
         producer,
@@ -110,7 +127,7 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
         # a fatal error of the idempotent producer: a new one takes over its letters
         rebuild=dead_letter_producer,
         consumes=lambda topic: router.match(topic) is not None,
-        client=KafkaClient.of(producer_config(settings.kafka), "kafka.producer"),
+        client=writer,
     )
     broker = RedisClient.from_url("celery.broker_url", str(app.conf.broker_url))
     dispatcher = Dispatcher(
@@ -137,10 +154,17 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
     commit_reports = CommitReports()  # filled inside consume(), drained by the loop
     backend = RedisClient.from_url("celery.result_backend", settings.celery.result_backend)
     rate_access = RedisAccess(backend, access, "redis:rate")
+    reader = KafkaClient.of(consumer_config(settings.kafka))
+    reader_errors = KafkaAccess(reader, access, "kafka:connection", settings.kafka.group_id)
     loop = ConsumerLoop(
         settings,
         Consumer(
-            {**consumer_config(settings.kafka), "on_commit": commit_reports, "logger": kafka_log}
+            {
+                **consumer_config(settings.kafka),
+                "on_commit": commit_reports,
+                "logger": kafka_log,
+                "error_cb": reader_errors.on_error,
+            }
         ),
         dispatcher,
         watcher,

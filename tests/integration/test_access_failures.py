@@ -306,3 +306,21 @@ def test_ckb_dlq_replay_as_a_user_that_may_not_read_the_dead_letters(
         f"--operation Describe --topic {dead_letters}"
     ) in " ".join(output.split())
     assert_no_password(clients, output)
+
+
+def test_ckb_run_with_a_wrong_kafka_password_says_so_once_and_is_not_ready(
+    secure_stack: StackInfo, clients: SecureClients, admin_kafka: Kafka, work_dir: Path
+) -> None:
+    topic = admin_kafka.create_topic(1, prefix=f"{SOURCE_PREFIX}pw")
+    route = {"topic": topic, "task": "it.record", "dlq_topic": f"{DLQ_PREFIX}{topic}"}
+    config, port = least_privilege(secure_stack, clients, unique("ckb-pw"), [route])
+    wrong = "wrong-" + clients.setup.kafka_password("ckb-bridge")[:6]
+    config["kafka"]["consumer"]["sasl.password"] = wrong
+    line = (
+        f"Kafka at {secure_stack.kafka_bootstrap} refused the login of user 'ckb-bridge' with "
+        "SCRAM-SHA-512 (SASL authentication failed)"
+    )
+    _, log = run_until_reasons(config, work_dir, port, [line])
+    assert sum(line in entry and " ERROR " in entry for entry in log.splitlines()) == 1, log
+    assert wrong not in log
+    assert_no_password(clients, log)

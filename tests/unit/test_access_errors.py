@@ -307,6 +307,19 @@ def test_a_problem_is_logged_once_and_is_a_reason_until_cleared(
     assert any(r.getMessage().startswith("resolved: Kafka refused group") for r in caplog.records)
 
 
+def test_one_refusal_met_by_several_clients_is_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    problems = AccessProblems(logging.getLogger("test.access"))
+    problem = kafka_problem(error(KafkaError._AUTHENTICATION), CLIENT)
+    assert problem is not None
+    with caplog.at_level(logging.ERROR, "test.access"):
+        for key in ("kafka:connection", "kafka:lag", "kafka:dead-letters"):
+            problems.report(key, problem, hold=60)
+    assert problems.reasons() == [problem.message]
+    assert [r.getMessage() for r in caplog.records] == [problem.message]
+
+
 def test_a_held_problem_expires_when_it_is_no_longer_reported() -> None:
     clock = Clock()
     problems = AccessProblems(logging.getLogger("test.access"), clock)
