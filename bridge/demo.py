@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -223,7 +223,9 @@ def run_demo(
     secure: bool = False,
     postgres_port: int | None = None,
     sentinel: bool = False,
+    rpc_results: bool = False,
 ) -> None:
+    """``rpc_results``: Celery's ``rpc://`` result backend (with ``rabbitmq_port``)."""
     console = Console()
     configure_logging("WARNING")
     stack = LocalStack(
@@ -241,6 +243,7 @@ def run_demo(
         info = stack.up(progress=lambda line: console.print(f"[dim]{line}[/]"))
     except StackError as exc:
         raise DemoError(str(exc)) from exc
+    info = replace(info, rpc_results=rpc_results)  # no server of its own: replies over RabbitMQ
     if info.flower_url is not None:
         keep_stack = True  # Flower is for looking at the tasks after the run
         console.print(

@@ -43,10 +43,11 @@ secure_option = click.option(
 )
 backend_option = click.option(
     "--backend",
-    type=click.Choice(["redis", "postgres"]),
+    type=click.Choice(["redis", "postgres", "rpc"]),
     default="redis",
     show_default=True,
-    help="The Celery result backend: Redis (database 1) or a local PostgreSQL (db+postgresql).",
+    help="The Celery result backend: Redis (database 1), a local PostgreSQL (db+postgresql), or "
+    "rpc:// (replies over RabbitMQ, nothing more to start: needs --broker rabbitmq).",
 )
 postgres_port_option = click.option(
     "--postgres-port",
@@ -110,6 +111,8 @@ def stack_up(
     """Start Kafka and Redis (and RabbitMQ, Flower) in the background (idempotent)."""
     from bridge.stack import LocalStack, StackError, flower_port_for
 
+    if backend == "rpc" and _rabbitmq_port(broker, rabbitmq_port) is None:
+        fail("--backend rpc sends the results through RabbitMQ: add --broker rabbitmq")
     local = LocalStack(
         state_dir,
         kafka_port=kafka_port,
@@ -127,6 +130,8 @@ def stack_up(
     click.echo(f"kafka: {info.kafka_bootstrap}\nredis: {info.redis_url}")
     if info.rabbitmq_url is not None:
         click.echo(f"rabbitmq: {info.rabbitmq_url}")
+    if backend == "rpc":
+        click.echo("result backend: rpc:// (celery.result_backend on the bridge and the workers)")
     if info.postgres_url is not None:
         click.echo(f"postgres: {info.postgres_url} (result backend {info.result_backend})")
     if info.flower_url is not None:
@@ -208,6 +213,8 @@ def demo(
     from bridge.demo import DemoError, run_demo
     from bridge.stack import flower_port_for
 
+    if backend == "rpc" and _rabbitmq_port(broker, rabbitmq_port) is None:
+        fail("--backend rpc sends the results through RabbitMQ: add --broker rabbitmq")
     try:
         run_demo(
             records=records,
@@ -221,6 +228,7 @@ def demo(
             secure=secure,
             postgres_port=_postgres_port(backend, postgres_port),
             sentinel=broker == "sentinel",
+            rpc_results=backend == "rpc",
         )
     except DemoError as exc:
         fail(str(exc))

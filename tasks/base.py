@@ -22,6 +22,7 @@ from typing import Any, TypedDict
 
 from celery import Task, states
 from celery.backends.base import DisabledBackend
+from celery.backends.rpc import RPCBackend
 
 logger = logging.getLogger(__name__)
 
@@ -114,4 +115,5 @@ class KafkaTask(Task):  # type: ignore[misc]  # celery is untyped
             return False
         if request.is_eager and not self.store_eager_result:
             return False
-        return not isinstance(self.backend, DisabledBackend)
+        # rpc:// stores nothing to read back: its replies went to the sender's queue
+        return not isinstance(self.backend, DisabledBackend | RPCBackend)

@@ -271,6 +271,21 @@ def test_only_success_is_guarded_a_failed_id_runs_again(app: Celery) -> None:
     assert len(runs) == 2
 
 
+def test_no_guard_with_rpc_results_which_store_nothing_to_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rpc = Celery("ckb-unit-rpc", broker="memory://", backend="rpc://", set_as_current=False)
+    rpc.conf.task_store_eager_result = True  # else the guard skips eager calls anyway
+    try:
+        task, runs = counting_task(rpc, "t.rpc")
+        with caplog.at_level(logging.WARNING, logger="tasks.base"):
+            task.apply((None,), task_id=new_id())
+        assert runs == [1]
+        assert not [r for r in caplog.records if r.name == "tasks.base"], "no failed read"
+    finally:
+        rpc.close()
+
+
 def test_guard_can_be_switched_off_per_task(app: Celery) -> None:
     task, runs = counting_task(app, "t.unguarded", idempotency_guard=False)
     task_id = new_id()
