@@ -85,6 +85,11 @@ def _rabbitmq_port(broker: str, port: int | None) -> int | None:
     return DEFAULT_RABBITMQ_PORT if broker == "rabbitmq" else None
 
 
+def _rpc_over_rabbitmq(backend: str, broker: str, rabbitmq_port: int | None) -> None:
+    if backend == "rpc" and _rabbitmq_port(broker, rabbitmq_port) is None:
+        fail("--backend rpc sends the results through RabbitMQ: add --broker rabbitmq")
+
+
 @stack.command("up")
 @click.option("--kafka-port", type=int, default=9092, show_default=True)
 @click.option("--redis-port", type=int, default=6379, show_default=True)
@@ -111,8 +116,7 @@ def stack_up(
     """Start Kafka and Redis (and RabbitMQ, Flower) in the background (idempotent)."""
     from bridge.stack import LocalStack, StackError, flower_port_for
 
-    if backend == "rpc" and _rabbitmq_port(broker, rabbitmq_port) is None:
-        fail("--backend rpc sends the results through RabbitMQ: add --broker rabbitmq")
+    _rpc_over_rabbitmq(backend, broker, rabbitmq_port)
     local = LocalStack(
         state_dir,
         kafka_port=kafka_port,
@@ -213,8 +217,7 @@ def demo(
     from bridge.demo import DemoError, run_demo
     from bridge.stack import flower_port_for
 
-    if backend == "rpc" and _rabbitmq_port(broker, rabbitmq_port) is None:
-        fail("--backend rpc sends the results through RabbitMQ: add --broker rabbitmq")
+    _rpc_over_rabbitmq(backend, broker, rabbitmq_port)
     try:
         run_demo(
             records=records,
