@@ -35,6 +35,9 @@ _ERROR_STATES = (TaskState.FAILURE, TaskState.REVOKED, TaskState.RETRY)
 
 Decoder = Callable[[bytes], dict[str, Any]]
 
+#: seconds at most between tries to reach a result backend that went away
+RECONNECT_WAIT_MAX = 1.0
+
 
 @dataclass(frozen=True, slots=True)
 class TaskEvent:
@@ -152,17 +155,22 @@ class ResultWatcher:
                 self._listen()
                 backoff = 0.1
             except (redis.RedisError, OSError) as exc:
-                if not self._refused(exc):
+                refused = self._refused(exc)
+                if not refused:
                     self._outage.failed(exc)
+                # Redis away (or a Sentinel naming no master yet): back within a second of its
+                # return; a refused login or a bug waits longer between tries
+                limit = 5.0 if refused else RECONNECT_WAIT_MAX
             except Exception:
                 self.crashes += 1
                 log.exception("result watcher failed; restarting it in %.1fs", backoff)
+                limit = 5.0
             else:
                 continue
             self._subscribed.clear()
             self._sweep_now = True  # what was published meanwhile is only in the keys
             self._stop.wait(backoff)
-            backoff = min(backoff * 2, 5.0)
+            backoff = min(backoff * 2, limit)
 
     def _listen(self) -> None:
         client = self._client_factory()
