@@ -126,3 +126,27 @@ class KafkaAccess:
         here (its requests just time out). A readiness reason until :data:`CONNECTION_HOLD`
         seconds after the last report, or until the client works again."""
         self.check(error, hold=CONNECTION_HOLD)
+
+
+class RepeatedRefusals(logging.Filter):
+    """Drops librdkafka's own lines about a refused login or certificate while an access
+    problem is in force: librdkafka logs one for every reconnect of every client (hundreds a
+    minute); the bridge has said it once, with its fix."""
+
+    MARKS = ("SASL authentication error", "SSL handshake failed", "certificate verify failed")
+
+    def __init__(self, problems: AccessProblems) -> None:
+        super().__init__()
+        self._problems = problems
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._problems:
+            return True
+        text = record.getMessage()
+        return not any(mark in text for mark in self.MARKS)
+
+    def install(self, logger: logging.Logger) -> None:
+        """On ``logger``, instead of an earlier one (a bridge built again in one process)."""
+        for old in [f for f in logger.filters if isinstance(f, RepeatedRefusals)]:
+            logger.removeFilter(old)
+        logger.addFilter(self)

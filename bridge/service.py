@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from bridge.access_errors import KafkaClient, RedisClient
-from bridge.access_problems import AccessProblems, KafkaAccess, RedisAccess
+from bridge.access_problems import AccessProblems, KafkaAccess, RedisAccess, RepeatedRefusals
 from bridge.celery_app import make_celery_app
 from bridge.core.vocabulary import Outcome
 from bridge.dead_letters import DeadLetterWriter
@@ -99,6 +99,7 @@ def build_bridge(settings: Settings, observers: list[Observer] | None = None) ->
     # each client's poll(): the loop's consume(), the dead-letter writer's poll() (producer and
     # admin client) and the lag monitor's rounds
     kafka_log = logging.getLogger("bridge.librdkafka")
+    RepeatedRefusals(access).install(kafka_log)  # said once by the bridge instead
 
     # a refused login or certificate reaches each client only through its error_cb
     own = connection_settings(settings.kafka.producer)  # else the consumer's reach it

@@ -20,7 +20,7 @@ from bridge.access_errors import (
     redis_problem,
     refusal,
 )
-from bridge.access_problems import AccessProblems
+from bridge.access_problems import AccessProblems, RepeatedRefusals
 from bridge.cli_exit import EXIT_RUNTIME, EXIT_USAGE
 from bridge.commits import FatalConsumerError
 from bridge.consumer_errors import ConsumerErrors
@@ -318,6 +318,22 @@ def test_one_refusal_met_by_several_clients_is_said_once(
             problems.report(key, problem, hold=60)
     assert problems.reasons() == [problem.message]
     assert [r.getMessage() for r in caplog.records] == [problem.message]
+
+
+def test_librdkafkas_repeated_refusal_lines_are_dropped_once_the_bridge_said_it() -> None:
+    problems = AccessProblems(logging.getLogger("test.access"))
+    quiet = RepeatedRefusals(problems)
+
+    def line(text: str) -> logging.LogRecord:
+        return logging.LogRecord("bridge.librdkafka", logging.ERROR, "", 0, text, None, None)
+
+    refused = line("FAIL [ckb-consumer] ...: SASL authentication error: Authentication failed")
+    assert quiet.filter(refused)  # nothing said yet
+    problem = kafka_problem(error(KafkaError._AUTHENTICATION), CLIENT)
+    assert problem is not None
+    problems.report("kafka:connection", problem, hold=60)
+    assert not quiet.filter(refused)
+    assert quiet.filter(line("FAIL [ckb-consumer] ...: Connect to ipv4#127.0.0.1:9 failed"))
 
 
 def test_a_held_problem_expires_when_it_is_no_longer_reported() -> None:
