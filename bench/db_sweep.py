@@ -20,7 +20,8 @@ from celery import Celery
 from rich.console import Console
 from rich.table import Table
 
-from bridge.db_results import DatabaseResults, result_decoder, sweep_interval, task_table
+from bridge.db_results import DatabaseResults, result_decoder, task_table
+from bridge.polled_results import sweep_interval
 from bridge.stack.paths import StatePaths
 from bridge.stack.postgres import PostgresNode
 from bridge.stack.processes import free_port

@@ -20,39 +20,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any
 
 import redis
 import sqlalchemy as sa
 
-from bridge.db_results import DatabaseResults, chunks, error_text
-from bridge.dispatch_ledger import DispatchLedger, Known
-from bridge.results import json_decoder
+from bridge.db_results import DatabaseResults, error_text
+from bridge.polled_results import chunks
+from bridge.stored_ledger import Markers, StoredLedger
 
 log = logging.getLogger(__name__)
 
 MARKER_TABLE = "ckb_dispatch_markers"
 #: seconds between deletions of expired markers
 PURGE_EVERY = 60.0
-
-
-class Markers(Protocol):
-    def live(self, task_ids: list[str]) -> set[str]: ...
-    def mark(self, task_ids: list[str], ttl: float) -> None: ...
-
-
-class RedisMarkers:
-    """Markers in the broker's Redis: the Redis ledger's keys and script, without results."""
-
-    def __init__(self, client: redis.Redis) -> None:
-        self._ledger = DispatchLedger(client, None, json_decoder)
-
-    def live(self, task_ids: list[str]) -> set[str]:
-        return self._ledger.lookup(task_ids).in_progress
-
-    def mark(self, task_ids: list[str], ttl: float) -> None:
-        self._ledger.mark(task_ids, ttl)
 
 
 def marker_table(schema: str | None = None) -> sa.Table:
@@ -148,34 +129,12 @@ def _unreachable(exc: sa.exc.SQLAlchemyError) -> bool:
     )
 
 
-class DatabaseLedger:
+class DatabaseLedger(StoredLedger):
     """A :class:`~bridge.result_source.Ledger`: finals from Celery's table, markers wherever
     the factory found a place for them (None: no markers)."""
 
     def __init__(self, results: DatabaseResults, markers: Markers | None) -> None:
-        self._results = results
-        self._markers = markers
-
-    def lookup(self, task_ids: list[str]) -> Known:
-        known = Known()
-        if not task_ids:
-            return known
-        try:
-            known.finals = self._results.stored_finals(task_ids)
-            if self._markers is not None:
-                unfinished = [task_id for task_id in task_ids if task_id not in known.finals]
-                known.in_progress = self._markers.live(unfinished) if unfinished else set()
-        except (sa.exc.SQLAlchemyError, redis.RedisError) as exc:
-            log.debug("dispatch ledger not read: %s", _describe(exc))
-        return known
-
-    def mark(self, task_ids: Iterable[str], ttl: float) -> None:
-        if self._markers is None:
-            return
-        try:
-            self._markers.mark(list(task_ids), max(1.0, ttl))
-        except (sa.exc.SQLAlchemyError, redis.RedisError) as exc:
-            log.debug("dispatch markers not written: %s", _describe(exc))
+        super().__init__(results, markers, (sa.exc.SQLAlchemyError, redis.RedisError), _describe)
 
 
 def _describe(exc: BaseException) -> str:

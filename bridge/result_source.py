@@ -41,6 +41,7 @@ from bridge.rpc_results import (
     reply_queue_name,
 )
 from bridge.settings import CelerySettings, ConfigError, Settings
+from bridge.stored_ledger import Markers, RedisMarkers
 
 
 class ResultSource(Protocol):
@@ -140,7 +141,7 @@ def database_results(settings: Settings, app: Any) -> ResultParts:
     """Sweeps of Celery's task table; dispatch markers in the broker's Redis if the broker is
     Redis (which then holds the rate limiter's buckets too), else in a table of the database."""
     try:  # SQLAlchemy and the driver only when used (the ckb[postgres] extra)
-        from bridge.db_ledger import DatabaseLedger, Markers, RedisMarkers, TableMarkers
+        from bridge.db_ledger import DatabaseLedger, TableMarkers
         from bridge.db_results import DatabaseResults, make_engine, result_decoder, task_table
 
         engine = make_engine(app)

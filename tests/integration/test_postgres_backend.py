@@ -20,7 +20,8 @@ import sqlalchemy as sa
 from celery import Celery
 
 from bridge.db_ledger import MARKER_TABLE, DatabaseLedger, TableMarkers
-from bridge.db_results import CHUNK, DatabaseResults, database_url, result_decoder, task_table
+from bridge.db_results import DatabaseResults, database_url, result_decoder, task_table
+from bridge.polled_results import CHUNK
 from bridge.results import TaskEvent
 from bridge.stack import StackInfo
 from bridge.stack.postgres import PostgresNode

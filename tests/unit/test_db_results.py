@@ -12,20 +12,16 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from bridge.celery_app import make_celery_app
-from bridge.db_ledger import DatabaseLedger, RedisMarkers, TableMarkers, marker_table, upsert
+from bridge.db_ledger import DatabaseLedger, TableMarkers, marker_table, upsert
 from bridge.db_results import (
-    CHUNK,
-    MIN_INTERVAL,
-    QUERY_BUDGET,
     DatabaseResults,
-    chunks,
     database_url,
     error_text,
     result_decoder,
     states_query,
-    sweep_interval,
     task_table,
 )
+from bridge.polled_results import CHUNK, MIN_INTERVAL, QUERY_BUDGET, chunks, sweep_interval
 from bridge.result_source import ResultParts, open_results
 from bridge.settings import (
     CelerySettings,
@@ -35,6 +31,7 @@ from bridge.settings import (
     Settings,
     load_settings,
 )
+from bridge.stored_ledger import RedisMarkers
 
 
 @pytest.mark.parametrize("open_tasks", [0, 1, CHUNK, 2 * CHUNK])
