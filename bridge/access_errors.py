@@ -354,9 +354,9 @@ def _noperm(where: str, client: RedisClient, text: str, grants: dict[str, str], 
     rule = grants[what] or ("&<channel pattern>" if what == "channel" else "~<key pattern>")
     piped = _PIPELINE_COMMAND.search(text)  # redis-py names the command and its key
     if piped is not None and what == "key" and not grants["key"]:
-        command, key = piped.group(1).upper(), piped.group(2)
+        verb, key = piped.group(1).upper(), piped.group(2)
         return (
-            f"{where} refused user '{client.user}' the key '{key}' ({command}){while_} "
+            f"{where} refused user '{client.user}' the key '{key}' ({verb}){while_} "
             f"(NOPERM): ACL SETUSER {client.user} ~<a pattern matching it> ({GRANTS_DOC})"
         )
     return (
