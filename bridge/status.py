@@ -151,7 +151,10 @@ def render_status(group: str, rows: list[PartitionStatus]) -> None:
         table.add_row(*cells)
     Console().print(table)
     if not rows:
-        Console(stderr=True).print("no existing topic matches the routes")
+        Console(stderr=True).print(
+            "no existing topic matches the routes (with ACLs, Kafka hides the topics the "
+            "principal may not DESCRIBE)"
+        )
 
 
 def _bridge_cells(row: PartitionStatus) -> list[str]:
