@@ -8,7 +8,7 @@ passwords, never the passwords. The ``default`` user is off: every connection au
 pattern is one that the bridge (publishing through kombu, watching results, its dispatch
 markers and rate-limit scripts, its remote-control check of the workers) or a worker (with
 gossip, mingle, heartbeats and events on) was seen to use on Redis 7.0 with kombu 5.7 and
-Celery 5.5, found by running both against users with fewer rules and reading ``ACL LOG``
+Celery 5.7, found by running both against users with fewer rules and reading ``ACL LOG``
 until it stayed empty; ``tests/integration/test_redis_acl.py`` runs the bridge and a real
 worker with exactly these rules. The README's "TLS and authentication" has them as a table.
 
