@@ -22,11 +22,12 @@ with a prefetch window: pushed, never polled):
   unused for ``result_expires`` (``x-expires``, as Celery's own rpc queues), and by the bridge
   when a per-process queue's bridge stops cleanly.
 - **A reply is acked** once its event is in :attr:`RpcResults.completions` (the loop's input)
-  or kept as a stray, at once on a per-process queue (nobody will read it again). On a static
-  member's queue the acks are held for ``hold`` seconds (:func:`ack_hold`: a few commit
-  intervals) and then given many at a time (``multiple``): if the bridge dies meanwhile,
-  RabbitMQ delivers those replies again to its successor, whose records are then mostly not
-  committed yet either, so it concludes them without running their tasks again.
+  or kept as a stray, many at a time (one ``multiple`` ack every :data:`ACK_EVERY` seconds:
+  an ack per reply halved the rate the consumer reads at). On a per-process queue at once
+  (nobody will read it again); on a static member's queue the acks are held for ``hold``
+  seconds (:func:`ack_hold`: a few commit intervals): if the bridge dies meanwhile, RabbitMQ
+  delivers those replies again to its successor, whose records are then mostly not committed
+  yet either, so it concludes them without running their tasks again.
 - A final reply for an id nobody watches (the predecessor's task, a task of a partition since
   revoked, the second run of a duplicate) is acked and kept, a bounded number of them, as the
   rpc backend's only "stored results": :meth:`RpcResults.stored_finals` answers from them, so
@@ -64,10 +65,11 @@ from bridge.results import TaskEvent, event_from_meta
 
 log = logging.getLogger(__name__)
 
-#: replies RabbitMQ may push before the bridge acked earlier ones; with acks held, AMQP's
-#: largest window (at the held acks' pace: 65535 per ``hold`` seconds at most)
-PREFETCH = 1000
-PREFETCH_HELD = 65_535
+#: replies RabbitMQ may push before the bridge acked earlier ones: AMQP's largest window (with
+#: acks held, the consumer reads at most this many per ``hold`` seconds)
+PREFETCH = 65_535
+#: seconds between the consumer's acks (each acks every reply due, with ``multiple``)
+ACK_EVERY = 0.05
 #: final replies kept for ids nobody watched when they came (see the module doc)
 STRAYS = 50_000
 #: seconds an unused reply queue lives when Celery's ``result_expires`` is off
@@ -147,7 +149,7 @@ class RpcResults:
         self._accept = accept
         self._keep_queue = durable_name
         self._hold = hold
-        self._prefetch = PREFETCH_HELD if hold > 0 else PREFETCH
+        self._prefetch = PREFETCH
         #: (received at, delivery tag) of the replies whose ack is held, oldest first
         self._unacked: deque[tuple[float, int]] = deque()
         self._strays_max = strays
@@ -241,11 +243,15 @@ class RpcResults:
             consumer.consume()
             self._consuming.set()
             self._outage.recovered()
+            next_ack = 0.0
             while not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):  # no reply meanwhile
                     connection.drain_events(timeout=DRAIN_TIMEOUT)
                 connection.heartbeat_check()
-                self._ack_due(channel, time.monotonic())
+                now = time.monotonic()
+                if now >= next_ack:
+                    self._ack_due(channel, now)
+                    next_ack = now + ACK_EVERY
             consumer.cancel()
             if not self._keep_queue:  # nobody will ever read a per-process queue again
                 channel.queue_delete(self.reply_to)
@@ -286,10 +292,7 @@ class RpcResults:
         task_id = str(message.properties.get("correlation_id") or meta.get("task_id") or "")
         if task_id and "status" in meta:  # else not a Celery result: nothing to report
             self._route(event_from_meta(task_id, meta))
-        if self._hold > 0:
-            self._unacked.append((time.monotonic(), message.delivery_tag))
-        else:
-            message.ack()
+        self._unacked.append((time.monotonic(), message.delivery_tag))
 
     def _ack_due(self, channel: Any, now: float) -> None:
         """Ack, with one ``multiple`` ack, every held reply older than ``hold``."""

@@ -62,6 +62,21 @@ def reply(results: RpcResults, task_id: str, status: str, **meta: Any) -> Messag
     return message
 
 
+class Channel:
+    def __init__(self) -> None:
+        self.acks: list[tuple[int, bool]] = []
+
+    def basic_ack(self, tag: int, multiple: bool) -> None:
+        self.acks.append((tag, multiple))
+
+
+def acks_now(results: RpcResults) -> list[tuple[int, bool]]:
+    """The acks the consumer gives when it next acks (every ``ACK_EVERY`` seconds)."""
+    channel = Channel()
+    results._ack_due(channel, time.monotonic())
+    return channel.acks
+
+
 def drained(results: RpcResults) -> list[TaskEvent]:
     events = []
     while not results.completions.empty():
@@ -107,7 +122,7 @@ def test_a_watched_reply_is_reported_and_acked_a_final_one_once() -> None:
         ("t1", "STARTED"),
         ("t1", "SUCCESS"),
     ]
-    assert [m.acked for m in acks] == [1, 1, 1]
+    assert acks_now(results) == [(acks[-1].delivery_tag, True)], "all three, with one ack"
 
 
 def test_a_failure_carries_its_exception() -> None:
@@ -125,8 +140,9 @@ def test_a_failure_carries_its_exception() -> None:
 
 def test_a_final_nobody_watches_is_acked_and_kept_for_the_ledger_progress_is_dropped() -> None:
     results = source()
-    started, done = reply(results, "old1", "STARTED"), reply(results, "old2", "SUCCESS")
-    assert (started.acked, done.acked) == (1, 1), "never requeued to the only consumer"
+    reply(results, "old1", "STARTED")
+    done = reply(results, "old2", "SUCCESS")
+    assert acks_now(results) == [(done.delivery_tag, True)], "never requeued to the only consumer"
     assert drained(results) == []
     ledger = RepliesLedger(results)
     known = ledger.lookup(["old1", "old2", "new"])
@@ -141,14 +157,6 @@ def test_strays_are_bounded_oldest_first() -> None:
     for n in range(5):
         reply(results, f"s{n}", "SUCCESS")
     assert sorted(results.stored_finals([f"s{n}" for n in range(5)])) == ["s2", "s3", "s4"]
-
-
-class Channel:
-    def __init__(self) -> None:
-        self.acks: list[tuple[int, bool]] = []
-
-    def basic_ack(self, tag: int, multiple: bool) -> None:
-        self.acks.append((tag, multiple))
 
 
 def test_a_static_member_holds_its_acks_then_gives_them_at_once() -> None:
@@ -176,7 +184,7 @@ def test_a_reply_without_task_id_or_state_is_acked_and_ignored() -> None:
     results._on_reply({"status": "SUCCESS"}, messages[0])
     results._on_reply(b"not a dict", messages[1])
     results._on_reply({"task_id": "t9"}, messages[2])
-    assert [m.acked for m in messages] == [1, 1, 1] and drained(results) == []
+    assert acks_now(results) == [(messages[-1].delivery_tag, True)] and drained(results) == []
 
 
 def test_unwatched_ids_and_their_late_progress_are_not_reported() -> None:
