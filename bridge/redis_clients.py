@@ -28,8 +28,8 @@ from typing import Any
 
 import redis
 
-from bridge.sentinel import master_clients, uses_sentinel
-from bridge.settings import ConfigError
+from bridge.sentinel import master_clients, unknown_masters, uses_sentinel
+from bridge.settings import CelerySettings, ConfigError
 
 #: seconds; see the module docstring
 SOCKET_TIMEOUT = 10.0
@@ -84,3 +84,13 @@ def result_backend_clients(app: Any) -> Callable[[], redis.Redis]:
 def result_backend_client(app: Any) -> redis.Redis:
     """A client of the result backend of Celery ``app``, with the TLS settings Celery uses."""
     return result_backend_clients(app)()
+
+
+def check_sentinel_masters(celery: CelerySettings) -> None:
+    """Raise :class:`ConfigError` when the sentinels of a ``sentinel://`` broker or result
+    backend answer but none monitors its ``master_name`` (a typo would otherwise look like an
+    endless outage); sentinels that do not answer are left to the run's retries."""
+    urls = {"broker_url": celery.broker_url, "result_backend": celery.result_backend}
+    problems = unknown_masters(urls, celery.options)
+    if problems:
+        raise ConfigError("; ".join(problems))

@@ -24,9 +24,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
+from kombu.utils.url import url_to_parts
 from redis.sentinel import Sentinel
 
 SCHEME = "sentinel"
+#: kombu's and Celery's port of a sentinel whose URL names none
+DEFAULT_PORT = 26379
 #: where Celery and kombu read a Sentinel URL's options, by the setting holding the URL
 OPTIONS_OF = {
     "broker_url": "broker_transport_options",
@@ -85,3 +88,48 @@ def master_clients(
         return client
 
     return connect
+
+
+def sentinel_addresses(url: str) -> list[tuple[str, int]]:
+    """The sentinels a ``sentinel://`` URL lists (``;``-separated), as kombu reads them."""
+    parts = [url_to_parts(chunk) for chunk in url.split(";") if chunk.strip()]
+    return [(part.hostname or "127.0.0.1", part.port or DEFAULT_PORT) for part in parts]
+
+
+def unknown_masters(
+    urls: Mapping[str, str], options: Mapping[str, Any], timeout: float = 1.0
+) -> list[str]:
+    """What is wrong with the ``master_name`` of each ``sentinel://`` URL among ``urls``: a
+    message naming the setting when sentinels answered and none monitors that name. Sentinels
+    that do not answer prove nothing (an outage, retried at run time): no message then."""
+    problems = []
+    for setting, url in urls.items():
+        if not uses_sentinel(url):
+            continue
+        key = OPTIONS_OF[setting]
+        transport = options.get(key) or {}
+        name = str(transport.get("master_name"))
+        answered: list[str] = []
+        known: set[str] = set()
+        for host, port in sentinel_addresses(url):
+            params: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+            params.update(transport.get("sentinel_kwargs") or {})
+            client: Any = redis.Redis(host=host, port=port, **params)
+            try:
+                with client:
+                    masters = client.sentinel_masters()
+            except redis.RedisError:
+                continue
+            answered.append(f"{host}:{port}")
+            known.update(str(master) for master in masters)
+            if name in masters:
+                break
+        else:
+            if answered:
+                problems.append(
+                    f"celery.options.{key}.master_name: no sentinel of celery.{setting} "
+                    f"({', '.join(answered)}) monitors a master named {name!r} (they know: "
+                    f"{', '.join(sorted(known)) or 'none'}): set it to the name in their "
+                    "`sentinel monitor <name> ...`"
+                )
+    return problems

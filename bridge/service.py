@@ -33,6 +33,7 @@ from bridge.lag import LagMonitor
 from bridge.loop import CommitReports, ConsumerLoop
 from bridge.metrics import PrometheusObserver
 from bridge.rate_limit import TokenBuckets
+from bridge.redis_clients import check_sentinel_masters
 from bridge.result_source import ResultSource, open_results
 from bridge.routing import Router
 from bridge.settings import Settings
@@ -85,6 +86,7 @@ class Bridge:
 
 def build_bridge(settings: Settings, observers: list[Observer] | None = None) -> Bridge:
     app = make_celery_app(settings.celery)
+    check_sentinel_masters(settings.celery)  # a master_name no sentinel knows: ConfigError
     # the result source, the ledger and the rate limiter's Redis, chosen from
     # celery.result_backend (raises ConfigError naming it)
     # a refused password, certificate or grant: one ERROR line with its fix, a /readyz reason

@@ -114,6 +114,24 @@ def test_kill_9_of_the_bridge_on_sentinel_loses_nothing(
     core.kill_9_loses_nothing(sentinel_stack, kafka, executions, queue, work_dir, NAME, total=400)
 
 
+def test_a_master_name_no_sentinel_knows_stops_the_bridge_naming_the_setting(
+    sentinel_stack: StackInfo, sentinel_set: SentinelSet, work_dir: Path
+) -> None:
+    config = bridge_config(sentinel_stack, unique("g-sentinel-typo"), [route("t", "q")])
+    config["celery"]["options"] = {
+        **sentinel_stack.celery_options,
+        "result_backend_transport_options": {"master_name": "ckb-mastr"},
+    }
+    bridge = start_bridge(config, work_dir)
+    try:
+        assert bridge.process.wait(60) == 2, bridge.log_tail()
+    finally:
+        bridge.kill()
+    log = bridge.log_tail()
+    assert "celery.options.result_backend_transport_options.master_name" in log, log
+    assert "'ckb-mastr'" in log and sentinel_set.master_name in log, "the name and the known ones"
+
+
 def test_the_dispatcher_pipelines_and_reads_queue_depth_through_sentinel(
     sentinel_stack: StackInfo, sentinel_set: SentinelSet
 ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 import ssl
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from redis.sentinel import SentinelConnectionPool, SentinelManagedConnection
 from bridge.celery_app import make_celery_app
 from bridge.redis_clients import SOCKET_TIMEOUT, result_backend_client
 from bridge.secrets import mask_text
-from bridge.sentinel import sentinel_problems, uses_sentinel
+from bridge.sentinel import sentinel_addresses, sentinel_problems, unknown_masters, uses_sentinel
 from bridge.settings import CelerySettings
 from bridge.stack import StackInfo
 from bridge.stack.paths import StatePaths
@@ -166,3 +167,19 @@ def test_the_stack_info_gives_sentinel_urls_and_only_the_options_they_need() -> 
     assert set(on_postgres.celery_options) == {"broker_transport_options"}
     plain = dataclasses.replace(base, sentinel=None)
     assert plain.broker_url == "redis://127.0.0.1:6379/0" and plain.celery_options == {}
+
+
+def test_sentinel_addresses_as_kombu_reads_them() -> None:
+    assert sentinel_addresses("sentinel://:pw@10.0.0.1:26380/1;sentinel://h2/1") == [
+        ("10.0.0.1", 26380),
+        ("h2", 26379),
+    ]
+
+
+def test_sentinels_that_do_not_answer_prove_no_master_name_wrong() -> None:
+    with socket.socket() as sock:  # a port nothing listens on: refused at once
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"sentinel://127.0.0.1:{port}/1"
+    options = {"result_backend_transport_options": {"master_name": "typo"}}
+    assert unknown_masters({"result_backend": url}, options, timeout=0.5) == []
