@@ -6,17 +6,22 @@ The bridge's reply queue is durable and the workers publish their replies persis
 connection, says so, is unhealthy meanwhile and consumes the same queue again once RabbitMQ is
 back. A reply lost all the same (published in the instant of the kill, or given up by a worker
 after its retries) costs the route's ``task_timeout`` and a second run. Checked: the usual
-invariants I1-I5 (nothing lost, never committed ahead, bounded duplicates, commits resume), and
-that the reply consumer really saw RabbitMQ go and come back (its own log says so).
+invariants I1-I5 (nothing lost, never committed ahead, bounded duplicates, commits resume),
+that the reply consumer really saw RabbitMQ go and come back (its own log says so), and that
+``/readyz`` names the result backend while it is away and turns green after.
 """
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from bench.common import free_port
 from bridge.stack import StackInfo
 from bridge.stack.rabbitmq import RabbitNode
 from tests.chaos.invariants import Bounds
@@ -27,6 +32,15 @@ REPLIES_DOWN = "result replies (RabbitMQ) unavailable"
 REPLIES_BACK = "result replies (RabbitMQ) available again"
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(PROFILE.timeout)]
+
+
+def readiness(port: int) -> tuple[int, list[str]]:
+    """``/readyz``: its status and reasons."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
+            return answer.status, []
+    except urllib.error.HTTPError as refused:
+        return refused.code, list(json.loads(refused.read()).get("reasons", []))
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +74,11 @@ def test_07d_rabbitmq_restarted_under_rpc_results(
         "queue": rpc_workers.queue, "max_in_flight": window,
         "task_timeout": 10, "max_redispatch": 5,
     }  # fmt: skip
+    port = free_port()  # /readyz (served without metrics too)
     settings = {
         "kafka": {"consumer": {}, "commit_interval": 0.5},
         "limits": {"revoke_grace": 10, "shutdown_grace": 20},
+        "metrics": {"enabled": False, "host": "127.0.0.1", "port": port},
     }
     with scenario(
         name="07d-rabbitmq-restart-rpc",
@@ -87,6 +103,8 @@ def test_07d_rabbitmq_restarted_under_rpc_results(
                     30,
                     "the reply consumer to notice RabbitMQ left",
                 )
+                status, reasons = readiness(port)
+                assert status == 503 and any("result backend" in r for r in reasons), reasons
             finally:
                 rabbitmq_node.start()  # the session's other RabbitMQ tests use it too
             sc.fault_over()
@@ -97,6 +115,7 @@ def test_07d_rabbitmq_restarted_under_rpc_results(
                 60,
                 "the reply consumer to have RabbitMQ back",
             )
+            wait_for(lambda: readiness(port)[0] == 200, 30, "/readyz green again")
         resent = logged(bridge.log_path, "sending it again")
         sc.note(f"tasks sent again after task_timeout (replies lost): {resent}")
         # tasks a worker had taken run again, and those whose reply was lost
