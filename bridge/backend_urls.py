@@ -17,7 +17,15 @@ DATABASE_DIALECTS = ("postgresql", "mysql", "sqlite")
 #: a RabbitMQ broker (kombu's py-amqp transports): the only broker ``rpc://`` replies through
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 
-BackendKind = Literal["redis", "database", "rpc"]
+#: other result backends Celery ships (its ``BACKEND_ALIASES``): read through Celery's own API,
+#: the slow path (:mod:`bridge.generic_results`); ``disabled`` stores nothing to read
+GENERIC_SCHEMES = (
+    "arangodb", "azureblockblob", "cache", "cassandra", "consul", "cosmosdbsql", "couchbase",
+    "couchdb", "database", "db", "dynamodb", "elasticsearch", "file", "gs", "mongodb", "riak",
+    "s3",
+)  # fmt: skip
+
+BackendKind = Literal["redis", "database", "rpc", "generic"]
 
 
 def scheme(url: str) -> str:
@@ -33,6 +41,8 @@ def backend_kind(url: str) -> BackendKind | None:
         return "database"
     if name == "rpc":  # replies on the broker, to the queue each task message names
         return "rpc"
+    if name.split("+", 1)[0] in GENERIC_SCHEMES:
+        return "generic"
     return None
 
 

@@ -41,7 +41,7 @@ from bridge.rpc_results import (
     reply_queue_name,
 )
 from bridge.settings import CelerySettings, ConfigError, Settings
-from bridge.stored_ledger import Markers, RedisMarkers
+from bridge.stored_ledger import Markers, RedisMarkers, StoredLedger
 
 
 class ResultSource(Protocol):
@@ -96,6 +96,8 @@ def open_results(settings: Settings, app: Any, access: AccessProblems | None = N
         return database_results(settings, app)
     if kind == "rpc":
         return rpc_results(settings, app)
+    if kind == "generic":
+        return generic_results(settings, app)
     raise ConfigError(
         "celery.result_backend: the bridge reads results from Redis (redis://, rediss://), "
         "Celery's database backend (db+postgresql://, db+mysql://, db+sqlite://) or rpc://"
@@ -161,6 +163,24 @@ def database_results(settings: Settings, app: Any) -> ResultParts:
         markers = RedisMarkers(broker) if broker is not None else TableMarkers(engine, table.schema)
     closers = [] if broker is None else [broker.close]
     return ResultParts(source, DatabaseLedger(source, markers), broker, closers)
+
+
+def generic_results(settings: Settings, app: Any) -> ResultParts:
+    """Any other backend Celery ships, polled through its API (the slow path); dispatch
+    markers in the broker's Redis when the broker is Redis, else none."""
+    from bridge.generic_results import GenericResults, unreadable
+
+    problem = unreadable(app.backend)
+    if problem is not None:
+        raise ConfigError(f"celery.result_backend: {problem}; use Redis, a database or rpc://")
+    source = GenericResults(app.backend, longest_interval=settings.results.reconcile_interval)
+    broker = broker_redis(settings.celery)
+    use_markers = broker is not None and settings.results.dispatch_markers
+    markers = RedisMarkers(broker) if use_markers and broker is not None else None
+    closers = [] if broker is None else [broker.close]
+    # a read of any kind may fail (each backend has its own errors): nothing known, then
+    ledger = StoredLedger(source, markers, (Exception,))
+    return ResultParts(source, ledger, broker, closers, markers=markers is not None)
 
 
 def broker_redis(celery: CelerySettings) -> redis.Redis | None:

@@ -101,8 +101,9 @@ class CelerySettings(Strict):
         if backend_kind(value) is None:
             raise ValueError(
                 "the bridge watches results in Redis (redis://, rediss://, sentinel://), in "
-                "Celery's database backend (db+postgresql://, db+mysql://, db+sqlite://) or "
-                "on its reply queue (rpc://, with a RabbitMQ broker)"
+                "Celery's database backend (db+postgresql://, db+mysql://, db+sqlite://), on "
+                "its reply queue (rpc://, with a RabbitMQ broker), or through Celery's API for "
+                "the other backends Celery ships (mongodb://, file://, s3://, …)"
             )
         return value
 

@@ -128,10 +128,10 @@ def test_a_database_backend_is_accepted(tmp_path: Path) -> None:
     assert settings.celery.result_backend.startswith("db+postgresql")
 
 
-@pytest.mark.parametrize(
-    "backend", ["cache+memcached://h/", "db+oracle://u@h/db", "mongodb://h/db"]
-)
+@pytest.mark.parametrize("backend", ["disabled://", "nosuch://h/db", "memcached://h/"])
 def test_an_unwatchable_backend_is_refused_naming_the_choices(tmp_path: Path, backend: str) -> None:
+    """Not a backend Celery ships (``cache+memcached://`` is; plain ``memcached://`` is not),
+    or one that stores nothing to read."""
     with pytest.raises(ConfigError) as caught:
         load_settings(write(tmp_path, f"celery: {{result_backend: '{backend}'}}\nroutes: []\n"))
     assert "celery.result_backend" in str(caught.value)

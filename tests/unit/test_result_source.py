@@ -28,9 +28,13 @@ def settings_for(backend: str, broker: str = "redis://127.0.0.1:6379/0") -> Sett
         ("db+postgresql+psycopg://u:p@h/db", "database"),
         ("DB+MySQL://u:p@h/db", "database"),
         ("db+sqlite:///results.db", "database"),
-        ("db+oracle://u:p@h/db", None),
+        ("db+oracle://u:p@h/db", "generic"),  # Celery's database backend, read through its API
         ("rpc://", "rpc"),
-        ("cache+memcached://h:11211/", None),
+        ("cache+memcached://h:11211/", "generic"),
+        ("mongodb://h:27017/results", "generic"),
+        ("file:///var/results", "generic"),
+        ("disabled://", None),
+        ("memcached://h", None),
         ("", None),
     ],
 )

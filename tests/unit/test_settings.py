@@ -252,12 +252,12 @@ def test_ckb_config_variable_is_not_mistaken_for_a_setting(
         pytest.param(
             """\
             celery:
-              result_backend: mongodb://h/db
+              result_backend: nosuch://h/db
             routes:
               - {topic: orders, task: tasks.x}
             """,
             ["celery.result_backend", "redis"],
-            id="result-backend-not-redis",
+            id="result-backend-unknown",
         ),
         pytest.param(
             """\
