@@ -183,3 +183,34 @@ def test_stack_with_rabbitmq_broker(tmp_path: Path) -> None:
     with epmd:  # the node's own epmd went with it
         assert epmd.connect_ex(("127.0.0.1", ports["epmd"])) != 0
     stack.down()  # idempotent
+
+
+def test_stack_with_sentinel_broker(tmp_path: Path) -> None:
+    """``--broker sentinel``: the stack's Redis as master, a replica and three sentinels; the
+    URLs and options it gives reach that master through kombu as Celery's workers would."""
+    state = tmp_path / "state"
+    kafka_port, redis_port = free_port(), free_port()
+    stack = LocalStack(state, kafka_port, redis_port, sentinel=True)
+    try:
+        info = stack.up(progress=lambda line: None)
+        assert info.sentinel is not None and info.broker_url.startswith("sentinel://")
+        assert info.result_backend == info.sentinel.url(1)
+        status = stack.status()["sentinel"]
+        assert status["running"] and status["master"] == f"127.0.0.1:{redis_port}", status
+        master_name = info.celery_options["broker_transport_options"]["master_name"]
+        with kombu.Connection(info.broker_url, transport_options={"master_name": master_name}) as c:
+            queue = kombu.Queue(f"stack-it-{uuid.uuid4().hex[:10]}")
+            with c.Producer() as producer:
+                producer.publish({"hello": 1}, routing_key=queue.name, declare=[queue])
+            message = queue(c.default_channel).get(no_ack=True)
+            assert message is not None and message.payload == {"hello": 1}
+        # idempotent with or without the flag: the running set is kept, on the same ports
+        assert stack.up() == info
+        assert LocalStack(state, kafka_port, redis_port).up() == info
+        recorded = json.loads((state / "sentinel.json").read_text())
+    finally:
+        stack.down()
+    assert not stack.status()["sentinel"]["running"]
+    for port in [recorded["replica"], *recorded["sentinels"]]:
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers"
