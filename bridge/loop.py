@@ -118,6 +118,7 @@ class ConsumerLoop:
             stopping=lambda: self.stopping,
             wait_turn=self._wait_for_outcomes,
             markers=settings.results.dispatch_markers,
+            hurry=lambda: self.hurry,
         )
         self.stopping = False
         #: set by a second stop signal: do not wait for running tasks any longer

@@ -49,6 +49,7 @@ class RebalanceCallbacks:
         stopping: Callable[[], bool],
         wait_turn: Callable[[], None],
         markers: bool = True,
+        hurry: Callable[[], bool] = lambda: False,
     ) -> None:
         self._engine = engine
         self._intake = intake
@@ -64,6 +65,8 @@ class RebalanceCallbacks:
         self._wait_turn = wait_turn
         #: dispatch markers are written: the next owner adopts the tasks still queued
         self._markers = markers
+        #: a second stop signal: no more waiting for tasks, not even without markers
+        self._hurry = hurry
 
     def on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
@@ -116,7 +119,7 @@ class RebalanceCallbacks:
             return 0
         awaited = running_tasks(self._engine, tps) if self._markers else None
         deadline = self._clock() + self._revoke_grace
-        while self._clock() < deadline and not (self._stopping() and adopted):
+        while self._clock() < deadline and not (self._stopping() and adopted) and not self._hurry():
             left = (
                 self._engine.in_flight_of(tps)
                 if awaited is None

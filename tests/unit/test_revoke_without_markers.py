@@ -31,7 +31,7 @@ class Engine:
         return None
 
 
-def revoke_while_stopping(markers: bool) -> tuple[Engine, list[bool], float]:
+def revoke_while_stopping(markers: bool, hurry: bool = False) -> tuple[Engine, list[bool], float]:
     engine, commits, now = Engine(), list[bool](), [0.0]
 
     def wait_turn() -> None:
@@ -50,6 +50,7 @@ def revoke_while_stopping(markers: bool) -> tuple[Engine, list[bool], float]:
         stopping=lambda: True,
         wait_turn=wait_turn,
         markers=markers,
+        hurry=lambda: hurry,
     )
     callbacks.on_revoke(None, [TopicPartition("orders", 0)])
     return engine, commits, now[0]
@@ -64,3 +65,8 @@ def test_without_markers_a_revoke_during_shutdown_waits_and_commits_synchronousl
 def test_with_markers_a_revoke_during_shutdown_hands_the_tasks_on_at_once() -> None:
     engine, commits, waited = revoke_while_stopping(markers=True)
     assert (engine.left, waited, commits) == (3, 0.0, [False])
+
+
+def test_a_second_stop_signal_ends_that_wait_too() -> None:
+    engine, _, waited = revoke_while_stopping(markers=False, hurry=True)
+    assert (engine.left, waited) == (3, 0.0)
