@@ -89,6 +89,10 @@ COMBINATIONS: dict[str, Callable[[StackInfo], tuple[str, str] | None]] = {
     "redis/postgres": lambda info: (
         None if info.postgres_url is None else (f"{info.redis_url}/0", info.result_backend)
     ),
+    # the stack's Redis as the master of a local Sentinel set (master_name in the options)
+    "sentinel/sentinel": lambda info: (
+        None if info.sentinel is None else (info.sentinel.url(0), info.sentinel.url(1))
+    ),
 }
 
 
@@ -228,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         redis_port=free_port(),
         rabbitmq_port=free_port() if any(n.startswith("rabbitmq/") for n in names) else None,
         postgres_port=free_port() if any(n.endswith("/postgres") for n in names) else None,
+        sentinel=any(n.startswith("sentinel/") for n in names),
     )
     with console.status("starting the local stack"):
         info = local.up(progress=lambda line: None)
