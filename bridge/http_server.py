@@ -88,7 +88,7 @@ class Probes:
         if self.stopping():
             reasons.append("stopping")
         if not self.redis_ok():
-            reasons.append("redis: result backend not connected")
+            reasons.append("results: result backend not connected")
         if not self.kafka_ok():
             reasons.append("kafka: no answer to the lag monitor recently")
         stuck = self.dead_letters()

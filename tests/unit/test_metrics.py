@@ -255,7 +255,7 @@ def test_probes() -> None:
     assert not stalled.live()[0] and not stalled.ready()[0]
     ready, body = probes(redis_ok=lambda: False, stopping=lambda: True).ready()
     assert not ready
-    assert body["reasons"] == ["stopping", "redis: result backend not connected"]
+    assert body["reasons"] == ["stopping", "results: result backend not connected"]
     assert probes(kafka_ok=lambda: False).ready()[1]["reasons"] == [
         "kafka: no answer to the lag monitor recently"
     ]
@@ -287,7 +287,7 @@ def test_server_serves_metrics_probes_and_status_on_a_free_port() -> None:
         redis_up[0] = False
         code, content_type, body = get(f"{base}/readyz")
         assert (code, content_type) == (503, "application/json")
-        assert json.loads(body)["reasons"] == ["redis: result backend not connected"]
+        assert json.loads(body)["reasons"] == ["results: result backend not connected"]
         assert json.loads(get(f"{base}/status")[2]) == {"partitions": []}
         assert get(f"{base}/nope")[0] == 404
     finally:
