@@ -183,7 +183,8 @@ def test_metrics_probes_and_status_during_and_after_a_run(
         assert ran == set(range(total)) - malformed - failing
         check_status(bridge, base, kafka, topic, partitions)
         redis_down = (local_stack.stop_redis, local_stack.start_redis)
-        check_readiness_follows("redis", *redis_down, base, unready_within=30, ready_within=60)
+        # Redis is the result backend here: the reason names what is not read (results:)
+        check_readiness_follows("results", *redis_down, base, unready_within=30, ready_within=60)
         # Kafka: the lag monitor's answers age out after 3 intervals + its timeout (20 s)
         kafka_down = (local_stack.stop_kafka, local_stack.start_kafka)
         check_readiness_follows("kafka", *kafka_down, base, unready_within=60, ready_within=90)
