@@ -51,6 +51,7 @@ from tests.integration.harness import (
     Worker,
     bridge_config,
     start_bridge,
+    start_worker,
     unique,
     wait_for,
 )
@@ -678,3 +679,45 @@ class SupervisedWorker:
         self._stop.set()
         self._thread.join(90)
         self.worker.stop()
+
+
+# == a server the session shares, restarted under one bridge ============================
+#: the settings of the scenarios that kill and restart a broker or result backend
+RESTART_SETTINGS: dict[str, Any] = {
+    "kafka": {"consumer": {}, "commit_interval": 0.5},
+    "limits": {"revoke_grace": 10, "shutdown_grace": 20},
+}
+
+
+def supervised_worker(stack: StackInfo, prefix: str, log_dir: Path) -> SupervisedWorker:
+    """A worker of ``stack`` on a queue of its own, started again if it exits."""
+    queue = unique(prefix)
+    return SupervisedWorker(
+        lambda where: start_worker(stack, queue, where, concurrency=4), queue, log_dir
+    )
+
+
+def server_outage(
+    sc: Scenario,
+    log: Path,
+    lines: tuple[str, str],
+    server: tuple[Callable[[], None], Callable[[], None]],
+    what: str,
+    while_away: Callable[[], None] = lambda: None,
+) -> int:
+    """One round: stop a server (``server`` = stop, start) and keep it away until the bridge's
+    ``log`` says it noticed (one more of ``lines[0]``), check ``while_away``, start it again
+    (always: the session shares it), then wait until the log says it is back (``lines[1]``).
+    Returns the outages the bridge logged in the round."""
+    down, back = lines
+    stop, start = server
+    outages = logged(log, down)
+    stop()
+    try:
+        wait_for(lambda: logged(log, down) > outages, 30, f"the bridge to notice {what} left")
+        while_away()
+    finally:
+        start()
+    sc.fault_over()
+    wait_for(lambda: logged(log, back) >= logged(log, down), 60, f"the bridge to have {what} back")
+    return logged(log, down) - outages

@@ -20,8 +20,17 @@ import pytest
 from bridge.stack import StackInfo
 from bridge.stack.postgres import PostgresNode
 from tests.chaos.invariants import Bounds
-from tests.chaos.kit import PROFILE, Profile, SupervisedWorker, logged, numbered, scenario
-from tests.integration.harness import Executions, Kafka, start_worker, unique, wait_for
+from tests.chaos.kit import (
+    PROFILE,
+    RESTART_SETTINGS,
+    Profile,
+    SupervisedWorker,
+    numbered,
+    scenario,
+    server_outage,
+    supervised_worker,
+)
+from tests.integration.harness import Executions, Kafka
 
 BACKEND_DOWN = "result backend (database) unavailable"
 BACKEND_BACK = "result backend (database) available again"
@@ -34,11 +43,8 @@ def pg_workers(
     postgres_stack: StackInfo, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SupervisedWorker]:
     """A worker storing results in PostgreSQL, started again if it exits."""
-    queue = unique("q-chaos-pg")
-    worker = SupervisedWorker(
-        lambda log_dir: start_worker(postgres_stack, queue, log_dir, concurrency=4),
-        queue,
-        tmp_path_factory.mktemp("pg-chaos-worker"),
+    worker = supervised_worker(
+        postgres_stack, "q-chaos-pg", tmp_path_factory.mktemp("pg-chaos-worker")
     )
     yield worker
     worker.stop()
@@ -59,10 +65,6 @@ def test_07e_postgres_backend_killed_and_restarted_mid_run(
         "queue": pg_workers.queue, "max_in_flight": window,
         "task_timeout": 8, "max_redispatch": 5,
     }  # fmt: skip
-    settings = {
-        "kafka": {"consumer": {}, "commit_interval": 0.5},
-        "limits": {"revoke_grace": 10, "shutdown_grace": 20},
-    }
     with scenario(
         name="07e-postgres-restart",
         stack=postgres_stack,
@@ -72,32 +74,22 @@ def test_07e_postgres_backend_killed_and_restarted_mid_run(
         planned=planned,
         partitions=partitions,
         route=route,
-        settings=settings,
+        settings=RESTART_SETTINGS,
     ) as sc:
         sc.start(bridges=1, rate=60)
         bridge = sc.fleet.running()[0]
         away = []
         for point in [0.3, 0.6][: max(1, profile.rounds)]:
             sc.wait_executed(point)
-            outages = logged(bridge.log_path, BACKEND_DOWN)
-            postgres_node.stop(kill=True)
-            try:  # PostgreSQL stays away until the bridge noticed
-                wait_for(
-                    lambda n=outages: logged(bridge.log_path, BACKEND_DOWN) > n,
-                    30,
-                    "the bridge to notice PostgreSQL left",
+            away.append(
+                server_outage(
+                    sc,
+                    bridge.log_path,
+                    (BACKEND_DOWN, BACKEND_BACK),
+                    (lambda: postgres_node.stop(kill=True), postgres_node.start),
+                    "PostgreSQL",
                 )
-            finally:
-                postgres_node.start()  # the session's other PostgreSQL tests use it too
-            sc.fault_over()
-            wait_for(
-                lambda: (
-                    logged(bridge.log_path, BACKEND_BACK) >= logged(bridge.log_path, BACKEND_DOWN)
-                ),
-                60,
-                "the bridge to have PostgreSQL back",
             )
-            away.append(logged(bridge.log_path, BACKEND_DOWN) - outages)
         sc.note(f"outages the bridge logged per round: {away}")
         in_flight = window * partitions * len(away)
         sc.finish(Bounds(duplicates=in_flight, spurious_dead_letters=in_flight, recovery=90))

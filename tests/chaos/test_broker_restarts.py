@@ -20,8 +20,17 @@ import pytest
 from bridge.stack import StackInfo
 from bridge.stack.rabbitmq import RabbitNode
 from tests.chaos.invariants import Bounds
-from tests.chaos.kit import PROFILE, Profile, SupervisedWorker, logged, numbered, scenario
-from tests.integration.harness import Executions, Kafka, start_worker, unique, wait_for
+from tests.chaos.kit import (
+    PROFILE,
+    RESTART_SETTINGS,
+    Profile,
+    SupervisedWorker,
+    numbered,
+    scenario,
+    server_outage,
+    supervised_worker,
+)
+from tests.integration.harness import Executions, Kafka
 
 BROKER_DOWN = "Celery broker unavailable"
 BROKER_BACK = "Celery broker available again"
@@ -34,11 +43,8 @@ def rabbit_workers(
     rabbitmq_stack: StackInfo, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SupervisedWorker]:
     """A worker on RabbitMQ, started again if it exits (as systemd or Kubernetes would)."""
-    queue = unique("q-chaos-rabbit")
-    worker = SupervisedWorker(
-        lambda log_dir: start_worker(rabbitmq_stack, queue, log_dir, concurrency=4),
-        queue,
-        tmp_path_factory.mktemp("rabbit-chaos-worker"),
+    worker = supervised_worker(
+        rabbitmq_stack, "q-chaos-rabbit", tmp_path_factory.mktemp("rabbit-chaos-worker")
     )
     yield worker
     worker.stop()
@@ -59,10 +65,6 @@ def test_07c_rabbitmq_killed_and_restarted_mid_run(
         "queue": rabbit_workers.queue, "max_in_flight": window,
         "task_timeout": 20, "max_redispatch": 5,
     }  # fmt: skip
-    settings = {
-        "kafka": {"consumer": {}, "commit_interval": 0.5},
-        "limits": {"revoke_grace": 10, "shutdown_grace": 20},
-    }
     restarts = rabbit_workers.restarts
     with scenario(
         name="07c-rabbitmq-restart",
@@ -73,32 +75,22 @@ def test_07c_rabbitmq_killed_and_restarted_mid_run(
         planned=planned,
         partitions=partitions,
         route=route,
-        settings=settings,
+        settings=RESTART_SETTINGS,
     ) as sc:
         sc.start(bridges=1, rate=60)
         bridge = sc.fleet.running()[0]
         away = []
         for point in [0.3, 0.6][: max(1, profile.rounds)]:
             sc.wait_executed(point)
-            outages = logged(bridge.log_path, BROKER_DOWN)
-            rabbitmq_node.stop(kill=True)  # a crash, not a clean stop
-            try:  # RabbitMQ stays away until the bridge noticed
-                wait_for(
-                    lambda n=outages: logged(bridge.log_path, BROKER_DOWN) > n,
-                    30,
-                    "the bridge to notice RabbitMQ left",
+            away.append(
+                server_outage(
+                    sc,
+                    bridge.log_path,
+                    (BROKER_DOWN, BROKER_BACK),
+                    (lambda: rabbitmq_node.stop(kill=True), rabbitmq_node.start),  # a crash
+                    "RabbitMQ",
                 )
-            finally:
-                rabbitmq_node.start()  # the session's other RabbitMQ tests use it too
-            sc.fault_over()
-            wait_for(
-                lambda: (
-                    logged(bridge.log_path, BROKER_BACK) >= logged(bridge.log_path, BROKER_DOWN)
-                ),
-                60,
-                "the bridge to have RabbitMQ back",
             )
-            away.append(logged(bridge.log_path, BROKER_DOWN) - outages)
         sc.note(f"outages the bridge logged per round: {away}")
         sc.note(f"worker restarts by its supervisor: {rabbit_workers.restarts - restarts}")
         # prefetched and running tasks of the killed broker's connections are delivered again

@@ -25,8 +25,18 @@ from bench.common import free_port
 from bridge.stack import StackInfo
 from bridge.stack.rabbitmq import RabbitNode
 from tests.chaos.invariants import Bounds
-from tests.chaos.kit import PROFILE, Profile, SupervisedWorker, logged, numbered, scenario
-from tests.integration.harness import Executions, Kafka, start_worker, unique, wait_for
+from tests.chaos.kit import (
+    PROFILE,
+    RESTART_SETTINGS,
+    Profile,
+    SupervisedWorker,
+    logged,
+    numbered,
+    scenario,
+    server_outage,
+    supervised_worker,
+)
+from tests.integration.harness import Executions, Kafka, wait_for
 
 REPLIES_DOWN = "result replies (RabbitMQ) unavailable"
 REPLIES_BACK = "result replies (RabbitMQ) available again"
@@ -49,11 +59,8 @@ def rpc_workers(
 ) -> Iterator[SupervisedWorker]:
     """A worker replying with rpc:// (persistent replies: the example worker config), started
     again if it exits."""
-    queue = unique("q-chaos-rpc")
-    worker = SupervisedWorker(
-        lambda log_dir: start_worker(rpc_stack, queue, log_dir, concurrency=4),
-        queue,
-        tmp_path_factory.mktemp("rpc-chaos-worker"),
+    worker = supervised_worker(
+        rpc_stack, "q-chaos-rpc", tmp_path_factory.mktemp("rpc-chaos-worker")
     )
     yield worker
     worker.stop()
@@ -76,8 +83,7 @@ def test_07d_rabbitmq_restarted_under_rpc_results(
     }  # fmt: skip
     port = free_port()  # /readyz (served without metrics too)
     settings = {
-        "kafka": {"consumer": {}, "commit_interval": 0.5},
-        "limits": {"revoke_grace": 10, "shutdown_grace": 20},
+        **RESTART_SETTINGS,
         "metrics": {"enabled": False, "host": "127.0.0.1", "port": port},
     }
     with scenario(
@@ -95,25 +101,18 @@ def test_07d_rabbitmq_restarted_under_rpc_results(
         bridge = sc.fleet.running()[0]
         for point in [0.3, 0.6][: max(1, profile.rounds)]:
             sc.wait_executed(point)
-            outages = logged(bridge.log_path, REPLIES_DOWN)
-            rabbitmq_node.stop(kill=True)  # a crash, not a clean stop
-            try:  # RabbitMQ stays away until the reply consumer noticed
-                wait_for(
-                    lambda n=outages: logged(bridge.log_path, REPLIES_DOWN) > n,
-                    30,
-                    "the reply consumer to notice RabbitMQ left",
-                )
+
+            def red_while_away() -> None:
                 status, reasons = readiness(port)
                 assert status == 503 and any("result backend" in r for r in reasons), reasons
-            finally:
-                rabbitmq_node.start()  # the session's other RabbitMQ tests use it too
-            sc.fault_over()
-            wait_for(
-                lambda: (
-                    logged(bridge.log_path, REPLIES_BACK) >= logged(bridge.log_path, REPLIES_DOWN)
-                ),
-                60,
-                "the reply consumer to have RabbitMQ back",
+
+            server_outage(
+                sc,
+                bridge.log_path,
+                (REPLIES_DOWN, REPLIES_BACK),
+                (lambda: rabbitmq_node.stop(kill=True), rabbitmq_node.start),  # a crash
+                "RabbitMQ",
+                while_away=red_while_away,
             )
             wait_for(lambda: readiness(port)[0] == 200, 30, "/readyz green again")
         resent = logged(bridge.log_path, "sending it again")
